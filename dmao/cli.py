@@ -1,0 +1,192 @@
+"""The ``dmao`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+EPILOG_OVERRIDES = ("Any config value can be overridden as key=value after the config, e.g. "
+                    "out_dir=runs/try1 train.steps=2000 data.max_duration=300 resume=true.")
+
+
+def _split_config_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
+    """``[CONFIG] [key=value ...]``: the first argument is a config unless it is an override."""
+    if args and "=" not in args[0]:
+        return args[0], list(args[1:])
+    return None, list(args)
+
+
+def _setup_logging(run_dir: Path | None = None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(run_dir / "train.log"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=handlers, force=True)
+
+
+def cmd_train(ns: argparse.Namespace) -> int:
+    from dmao.training.config import load_run_config
+    from dmao.training.loop import run_training, wer_table
+
+    config, overrides = _split_config_args(ns.args)
+    cfg = load_run_config(config, overrides)
+    _setup_logging(Path(cfg.out_dir))
+    result = run_training(cfg)
+    if result.scores:
+        print(f"\nrun: {result.run_dir}  steps: {result.step}  wall time: {result.wall_seconds / 60:.1f} min")
+        print(wer_table(result.scores))
+    return 0
+
+
+def cmd_data_synth(ns: argparse.Namespace) -> int:
+    from dmao.data.synth import synthesize_corpus
+    from dmao.training.config import load_run_config
+
+    config, overrides = _split_config_args(ns.args)
+    cfg = load_run_config(config, overrides).data
+    _setup_logging()
+    paths = synthesize_corpus(cfg.synth, Path(cfg.cache_dir).expanduser() / "embedded", num_jobs=ns.jobs)
+    for split, path in paths.items():
+        print(f"{split}\t{path}")
+    return 0
+
+
+def cmd_data_prepare(ns: argparse.Namespace) -> int:
+    from dmao.data.corpus import load_splits
+    from dmao.training.config import load_run_config
+
+    config, overrides = _split_config_args(ns.args)
+    cfg = load_run_config(config, overrides).data
+    _setup_logging()
+    for split, cuts in load_splits(cfg, num_jobs=ns.jobs).items():
+        hours = sum(c.duration for c in cuts) / 3600
+        print(f"{split}\t{len(cuts)} utterances\t{hours:.2f} h")
+    return 0
+
+
+def _load_model(path: str, device: str):
+    from dmao.training.checkpoint import load_checkpoint
+    from dmao.training.loop import model_from_checkpoint, resolve_device
+
+    return model_from_checkpoint(load_checkpoint(path), resolve_device(device))
+
+
+def cmd_eval(ns: argparse.Namespace) -> int:
+    from lhotse import CutSet
+
+    from dmao.data.corpus import clean_cuts, load_splits
+    from dmao.decoding.evaluate import evaluate
+    from dmao.training.loop import amp_dtype_for, wer_table, write_transcripts
+
+    _setup_logging()
+    model, tokenizer, cfg = _load_model(ns.checkpoint, ns.device)
+    if ns.manifest:
+        sets = {Path(ns.manifest).name: clean_cuts(CutSet.from_file(ns.manifest), cfg.data, ns.manifest)[0]}
+    else:
+        splits = load_splits(cfg.data, progress=False)
+        missing = [s for s in ns.split if s not in splits]
+        if missing:
+            raise ValueError(f"split(s) {missing} not in corpus {cfg.data.corpus!r} (has {sorted(splits)})")
+        sets = {s: splits[s] for s in ns.split}
+    device = next(model.parameters()).device
+    scores = {}
+    for name, cuts in sets.items():
+        scores[name], transcripts, skipped = evaluate(model, cuts, tokenizer, ns.max_duration,
+                                                      amp_dtype_for(cfg.train.amp, device))
+        if ns.output:
+            write_transcripts(Path(ns.output) / f"hyp_{name}.txt", transcripts)
+        for reason in skipped:
+            logging.warning("skipped unreadable audio: %s", reason)
+    print(wer_table(scores))
+    return 0
+
+
+def cmd_transcribe(ns: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from dmao.data.audio import load_audio
+    from dmao.data.batches import pad_stack
+    from dmao.decoding.greedy import greedy_decode
+
+    model, tokenizer, _ = _load_model(ns.checkpoint, ns.device)
+    device = next(model.parameters()).device
+    for path in ns.audio:
+        samples = load_audio(path, sample_rate=16000)  # resampled, down-mixed; errors name the file
+        audio, lens = pad_stack([np.asarray(samples)], torch.float32)
+        with torch.no_grad():
+            log_probs, out_lens = model(audio.to(device), lens.to(device))
+        print(f"{path}\t{tokenizer.decode(greedy_decode(log_probs.float(), out_lens)[0])}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dmao",
+        description="Train CTC speech recognisers (Conformer, E-Branchformer) that re-allocate their own parameters "
+                    "during training (DMAO), evaluate them, and study where the parameters went.",
+        epilog=EPILOG_OVERRIDES)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train a model from a config (default: the embedded corpus, CPU-sized)",
+                           description="Train, checkpoint, then print the dev/test WER table. With no arguments it "
+                                       "trains the default config on the embedded corpus. Shipped configs: "
+                                       "default, smoke.", epilog=EPILOG_OVERRIDES)
+    train.add_argument("args", nargs="*", metavar="[CONFIG] [key=value]", help="a YAML config, then overrides")
+    train.set_defaults(func=cmd_train)
+
+    data = sub.add_parser("data", help="build or prepare corpora",
+                          description="Corpus tools: synthesise the embedded corpus, or prepare a configured one.")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    for name, func, text in (
+        ("synth", cmd_data_synth, "synthesise the embedded English corpus offline (espeak-ng), cached"),
+        ("prepare", cmd_data_prepare, "prepare and clean the configured corpus (lhotse recipe, manifests, Kaldi "
+                                      "dirs) and print its splits"),
+    ):
+        action = data_sub.add_parser(name, help=text, description=text + ".", epilog=EPILOG_OVERRIDES)
+        action.add_argument("args", nargs="*", metavar="[CONFIG] [key=value]")
+        action.add_argument("--jobs", type=int, default=2, help="parallel processes (default 2)")
+        action.set_defaults(func=func)
+
+    ev = sub.add_parser("eval", help="WER/CER of a checkpoint on corpus splits or a cut manifest",
+                        description="Greedy CTC decoding and corpus-level WER/CER (sum of errors / sum of reference "
+                                    "words). Re-allocated models load from the layout stored in the checkpoint.")
+    ev.add_argument("checkpoint", help="a ckpt-*.pt file, or a run's checkpoints/ folder (newest is taken)")
+    ev.add_argument("--split", nargs="+", default=["dev", "test"], help="splits of the run's corpus (default dev test)")
+    ev.add_argument("--manifest", help="a lhotse cut manifest to score instead of the corpus splits")
+    ev.add_argument("--max-duration", type=float, default=400.0, help="seconds of audio per batch")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--output", help="folder to write hyp_<split>.txt into")
+    ev.set_defaults(func=cmd_eval)
+
+    tr = sub.add_parser("transcribe", help="transcribe audio files with a checkpoint",
+                        description="Print one line per file: path, tab, transcript. Any format libsndfile reads "
+                                    "(wav, flac, ogg, mp3), any sample rate (resampled to 16 kHz), mono or not.")
+    tr.add_argument("checkpoint")
+    tr.add_argument("audio", nargs="+")
+    tr.add_argument("--device", default="auto")
+    tr.set_defaults(func=cmd_transcribe)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from dmao.config import ConfigError
+
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        return ns.func(ns)
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"dmao {ns.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

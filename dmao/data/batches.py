@@ -1,0 +1,131 @@
+"""From cut manifests to padded audio batches: a resumable dynamic-bucketing sampler and the batch dataset.
+
+Audio is read and decoded in DataLoader workers; features are computed later by the model on its own device.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from lhotse import CutSet
+from lhotse.dataset import DynamicBucketingSampler
+
+from dmao.data.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AudioBatch:
+    audio: torch.Tensor  # [B, S] float32, zero-padded
+    audio_lens: torch.Tensor  # [B] samples
+    tokens: torch.Tensor  # [B, U] long, zero-padded
+    token_lens: torch.Tensor  # [B]
+    texts: list[str]
+    cut_ids: list[str]
+    skipped: list[str]
+    """Cuts of this batch whose audio could not be read, with the reason."""
+    epoch: int = 0
+    index: int = 0
+    """Position of this batch in the sampler, for resuming."""
+
+    @property
+    def seconds(self) -> float:
+        return float(self.audio_lens.sum()) / 16000.0
+
+    def to(self, device: torch.device) -> "AudioBatch":
+        return AudioBatch(self.audio.to(device, non_blocking=True), self.audio_lens.to(device), self.tokens.to(device),
+                          self.token_lens.to(device), self.texts, self.cut_ids, self.skipped, self.epoch,
+                          self.index)
+
+
+def pad_stack(rows: list[np.ndarray | list[int]], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-pad 1-D rows into [B, max_len] plus their lengths [B]."""
+    lens = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    out = torch.zeros(len(rows), int(lens.max()) if len(rows) else 0, dtype=dtype)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.as_tensor(row, dtype=dtype)
+    return out, lens
+
+
+class AudioBatchDataset(torch.utils.data.Dataset):
+    """Maps one sampler batch (epoch, index, cuts) to an :class:`AudioBatch`. A cut whose audio is missing, corrupt
+    or silent is left out of its batch and reported in ``skipped`` (naming the cut and file), so one bad file never stops training."""
+
+    def __init__(self, tokenizer: Tokenizer | None) -> None:
+        self.tokenizer = tokenizer  # None: audio only (decoding needs no targets)
+
+    def __getitem__(self, position: tuple[int, int, CutSet]) -> AudioBatch:
+        epoch, index, cuts = position
+        audio, tokens, texts, ids, skipped = [], [], [], [], []
+        for cut in cuts:
+            text = cut.supervisions[0].text
+            try:
+                samples = cut.load_audio()[0].astype(np.float32)  # [S]; lhotse resamples lazily where needed
+            except Exception as err:  # noqa: BLE001 - any decoder failure means the same: skip this file
+                skipped.append(f"{cut.id} ({_source(cut)}): {type(err).__name__}: {err}")
+                continue
+            if samples.size == 0 or not np.isfinite(samples).all() or np.abs(samples).max() < 1e-4:
+                skipped.append(f"{cut.id} ({_source(cut)}): audio is empty, silent or not finite")
+                continue
+            audio.append(samples)
+            tokens.append(self.tokenizer.encode(text) if self.tokenizer else [])
+            texts.append(text)
+            ids.append(cut.id)
+        audio_t, audio_lens = pad_stack(audio, torch.float32)
+        tokens_t, token_lens = pad_stack(tokens, torch.long)
+        return AudioBatch(audio_t, audio_lens, tokens_t, token_lens, texts, ids, skipped, epoch, index)
+
+
+def _source(cut) -> str:
+    try:
+        return ", ".join(str(s.source) for s in cut.recording.sources)
+    except AttributeError:
+        return "no recording"
+
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """Dynamic bucketing by duration over endless epochs, resumable at any batch.
+
+    The DataLoader prefetches, so the inner sampler's own position runs ahead of training; the position saved here is
+    the one the training loop reports as consumed (``epoch``, ``batches_done``). Resuming replays the same epoch with
+    the same seed and skips the consumed batches (cheap: cut metadata only, no audio)."""
+
+    def __init__(self, cuts: CutSet, max_duration: float, num_buckets: int, seed: int, shuffle: bool = True,
+                 world_size: int | None = None, rank: int | None = None) -> None:
+        with warnings.catch_warnings():  # lhotse warns about eager cut sets; ours are cleaned in memory on purpose
+            warnings.filterwarnings("ignore", message=".*eagerly read CutSet.*")
+            self.sampler = DynamicBucketingSampler(cuts, max_duration=max_duration,
+                                                   num_buckets=min(num_buckets, len(cuts)),
+                                                   shuffle=shuffle, seed=seed, world_size=world_size, rank=rank,
+                                                   drop_last=world_size is not None and world_size > 1)
+        self.epoch = 0
+        self.batches_done = 0
+
+    def __iter__(self) -> Iterator[tuple[int, int, CutSet]]:
+        epoch, skip = self.epoch, self.batches_done
+        while True:
+            self.sampler.set_epoch(epoch)
+            produced = 0
+            for index, batch in enumerate(self.sampler):
+                produced += 1
+                if index >= skip:
+                    yield epoch, index, batch
+            if produced == 0:
+                raise ValueError("the sampler produced no batch: the corpus is empty or max_duration too small")
+            epoch, skip = epoch + 1, 0
+
+    def consumed(self, epoch: int, index: int) -> None:
+        """Record that the training loop has finished batch ``index`` of ``epoch``."""
+        self.epoch, self.batches_done = epoch, index + 1
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches_done": self.batches_done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])

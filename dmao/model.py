@@ -1,0 +1,119 @@
+"""The CTC model: audio -> log-mel (+ SpecAugment) -> frontend -> encoder -> dropout -> linear -> log-softmax."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dmao.encoders.common import BlockEncoder, EncoderConfig
+from dmao.encoders.conformer import ConformerEncoder
+from dmao.encoders.ebranchformer import EBranchformerEncoder
+from dmao.encoders.layout import BLOCK_MODULES, Layout
+from dmao.features.logmel import LogMelConfig, LogMelFeatures
+from dmao.features.specaugment import SpecAugment, SpecAugmentConfig
+from dmao.modules.common import GroupedModule, check_probability
+from dmao.modules.frontend import FrontendConfig, VGGFrontend
+
+_ENCODERS: dict[str, type[BlockEncoder]] = {"conformer": ConformerEncoder, "ebranchformer": EBranchformerEncoder}
+
+
+@dataclass
+class ModelConfig:
+    features: LogMelConfig = field(default_factory=LogMelConfig)
+    specaug: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    final_dropout: float = 0.1
+    """Dropout on the encoder output, before the output layer."""
+
+    def __post_init__(self) -> None:
+        check_probability(self, "final_dropout")
+
+
+def build_encoder(cfg: EncoderConfig, layout: Layout | None = None) -> BlockEncoder:
+    """The encoder of ``cfg.block_type``, with ``layout`` (default: the configuration's starting layout)."""
+    return _ENCODERS[cfg.block_type](cfg, layout)
+
+
+class CTCModel(nn.Module):
+    """A CTC acoustic model whose encoder is built from a :class:`Layout`.
+
+    Features are computed inside the model, on its device; SpecAugment is applied in training mode only. Output
+    index 0 is the CTC blank.
+    """
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, layout: Layout | None = None) -> None:
+        super().__init__()
+        if vocab_size < 2:
+            raise ValueError(f"CTCModel: vocab_size must count the blank and at least one label, got {vocab_size}")
+        self.features = LogMelFeatures(cfg.features)
+        self.specaug = SpecAugment(cfg.specaug)
+        self.frontend = VGGFrontend(cfg.frontend, num_features=cfg.features.num_mels, d_model=cfg.encoder.d_model)
+        self.encoder = build_encoder(cfg.encoder, layout)
+        self.final_dropout = cfg.final_dropout
+        self.output = nn.Linear(cfg.encoder.d_model, vocab_size)
+
+    def forward(self, audio: torch.Tensor, audio_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        :param audio: [B, S] waveforms, zero-padded
+        :param audio_lens: [B] samples per utterance
+        :return: (log_probs [B, T', V], out_lens [B]) with T' = frames // subsampling
+        """
+        feats, feat_lens = self.features(audio, audio_lens)  # [B, T, F], [B]
+        feats = self.specaug(feats, feat_lens)  # [B, T, F]
+        mask = torch.arange(feats.shape[1], device=feats.device) < feat_lens[:, None]  # [B, T]
+        x, mask = self.frontend(feats, mask)  # [B, T', d], [B, T']
+        x = self.encoder(x, mask)  # [B, T', d]
+        x = F.dropout(x, p=self.final_dropout, training=self.training)
+        return F.log_softmax(self.output(x), dim=-1), mask.sum(dim=1)  # [B, T', V], [B]
+
+    @staticmethod
+    def ctc_loss(
+        log_probs: torch.Tensor, out_lens: torch.Tensor, targets: torch.Tensor, target_lens: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-utterance CTC losses [B] (blank 0, infinite losses zeroed), in float32 even under autocast.
+
+        :param log_probs: [B, T', V]
+        :param out_lens: [B]
+        :param targets: [B, U], padded label ids
+        :param target_lens: [B]
+        """
+        with torch.autocast(device_type=log_probs.device.type, enabled=False):
+            return F.ctc_loss(
+                log_probs.float().transpose(0, 1),  # [T', B, V]
+                targets,
+                out_lens,
+                target_lens,
+                blank=0,
+                reduction="none",
+                zero_infinity=True,
+            )
+
+    def layout(self) -> Layout:
+        """The encoder's current layout (store it with the weights; rebuild from it before loading)."""
+        return self.encoder.layout()
+
+    def resizable_modules(self) -> dict[str, GroupedModule]:
+        """Every resizable module by its path in this model (``encoder.layers.{i}.{module}``)."""
+        return {f"encoder.{name}": module for name, module in self.encoder.resizable_modules().items()}
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameter counts by module type: ``frontend``, each resizable module type summed over layers, ``merge``
+        (E-Branchformer), ``block_norms`` (the final LayerNorm of every block), ``output`` and ``total``."""
+
+        def size(module: nn.Module) -> int:
+            return sum(p.numel() for p in module.parameters())
+
+        blocks = self.encoder.layers
+        counts = {"frontend": size(self.frontend)}
+        for name in BLOCK_MODULES[self.encoder.block_type]:
+            counts[name] = sum(size(getattr(block, name)) for block in blocks)
+        if self.encoder.block_type == "ebranchformer":
+            counts["merge"] = sum(size(block.merge) for block in blocks)
+        counts["block_norms"] = sum(size(block.final_norm) for block in blocks)
+        counts["output"] = size(self.output)
+        counts["total"] = size(self)
+        return counts

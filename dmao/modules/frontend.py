@@ -1,0 +1,99 @@
+"""The VGG-style convolutional frontend: 4 convolutions, 2 poolings over time, a linear map to the model width."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dmao.modules.common import check_odd_kernel
+
+_ACTIVATIONS = {"relu": F.relu, "silu": F.silu}
+
+
+@dataclass
+class FrontendConfig:
+    channels: tuple[int, int, int, int] = (32, 64, 64, 32)
+    """Output channels of the four convolutions."""
+    kernel_size: int = 3
+    """Square kernel with 'same' padding."""
+    time_pooling: tuple[int, int] = (2, 2)
+    """Max-pooling factors over time of the two poolings; their product is the subsampling."""
+    freq_pooling: tuple[int, int] = (1, 1)
+    """Max-pooling factors over frequency (2, 2 makes a cheaper frontend for small runs)."""
+    activation: Literal["relu", "silu"] = "relu"
+
+    def __post_init__(self) -> None:
+        # YAML gives lists.
+        self.channels = tuple(self.channels)  # type: ignore[assignment]
+        self.time_pooling = tuple(self.time_pooling)  # type: ignore[assignment]
+        self.freq_pooling = tuple(self.freq_pooling)  # type: ignore[assignment]
+        for name, size in (("channels", 4), ("time_pooling", 2), ("freq_pooling", 2)):
+            value = getattr(self, name)
+            if len(value) != size or not all(isinstance(v, int) and v >= 1 for v in value):
+                raise ValueError(f"FrontendConfig.{name} must be {size} positive integers, got {value!r}")
+        check_odd_kernel(self, "kernel_size")
+        if self.activation not in _ACTIVATIONS:
+            raise ValueError(
+                f"FrontendConfig.activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}"
+            )
+
+    @property
+    def subsampling(self) -> int:
+        return self.time_pooling[0] * self.time_pooling[1]
+
+
+class VGGFrontend(nn.Module):
+    """conv -> conv -> act -> pool -> conv -> conv -> act -> pool -> linear, over [B, 1, T, F] feature maps.
+
+    Pooling floors: output frame ``t`` of a pooling by ``p`` covers input frames ``p*t ... p*t+p-1`` and is inside the
+    sequence iff all of them are, so a sequence of length ``n`` keeps ``n // p`` frames. Frames outside the sequences
+    are zeroed before every convolution, so a padded batch gives the same inside frames as each utterance alone.
+    """
+
+    def __init__(self, cfg: FrontendConfig, num_features: int, d_model: int) -> None:
+        super().__init__()
+        out_features = num_features // cfg.freq_pooling[0] // cfg.freq_pooling[1]
+        if out_features < 1:
+            raise ValueError(
+                f"FrontendConfig.freq_pooling {cfg.freq_pooling} leaves no frequency bins of {num_features}"
+            )
+        c1, c2, c3, c4 = cfg.channels
+        pad = (cfg.kernel_size - 1) // 2
+        self.conv1 = nn.Conv2d(1, c1, cfg.kernel_size, padding=pad)
+        self.conv2 = nn.Conv2d(c1, c2, cfg.kernel_size, padding=pad)
+        self.conv3 = nn.Conv2d(c2, c3, cfg.kernel_size, padding=pad)
+        self.conv4 = nn.Conv2d(c3, c4, cfg.kernel_size, padding=pad)
+        self.pools = tuple(zip(cfg.time_pooling, cfg.freq_pooling))
+        self.activation = _ACTIVATIONS[cfg.activation]
+        self.linear = nn.Linear(c4 * out_features, d_model)
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Frames kept for sequences of ``lengths`` input frames."""
+        for time_pool, _ in self.pools:
+            lengths = torch.div(lengths, time_pool, rounding_mode="floor")
+        return lengths
+
+    def forward(self, feats: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        :param feats: [B, T, F]
+        :param mask: [B, T], True inside the sequence (sequences start at frame 0)
+        :return: ([B, T', d_model], [B, T'] mask) with T' = T // subsampling
+        """
+        x = feats.unsqueeze(1)  # [B, 1, T, F]
+        for first, second, pool in ((self.conv1, self.conv2, self.pools[0]), (self.conv3, self.conv4, self.pools[1])):
+            x = first(_zero_padding_2d(x, mask))  # [B, C, T, F]
+            x = self.activation(second(_zero_padding_2d(x, mask)))  # [B, C, T, F]
+            x = F.max_pool2d(x, kernel_size=pool, stride=pool)  # [B, C, T / pt, F / pf]
+            lengths = torch.div(mask.sum(dim=1), pool[0], rounding_mode="floor")  # [B]
+            mask = torch.arange(x.shape[2], device=x.device) < lengths[:, None]  # [B, T / pt]
+        x = x.transpose(1, 2).flatten(2)  # [B, T', C * F']
+        return self.linear(x), mask
+
+
+def _zero_padding_2d(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """:param x: [B, C, T, F]; :param mask: [B, T]"""
+    return x.masked_fill(~mask[:, None, :, None], 0.0)

@@ -1,0 +1,202 @@
+"""The re-allocation engine as the training loop sees it.
+
+Per training step (``step`` counts from 1)::
+
+    engine.before_forward(step)              # learnable score: gates on or off for this step
+    loss = ...; loss.backward()              # (DDP all-reduce, AMP unscale, clipping)
+    engine.after_backward(step, loss_value)  # measures scores when one is due; reads .grad only
+    optimizer.step(); scheduler.step()
+    if engine.due(step):
+        report = engine.reallocate(step, optimizer)
+        # rebuild everything else that holds the old parameters: the DDP wrapper, a compiled module, an averaged
+        # (EMA) model, any cached parameter list (e.g. for gradient clipping)
+
+``reallocate`` edits the optimizer in place (its ``param_groups`` dicts stay the same objects, so an LR scheduler
+keeps working; the state moves with the weights). A ``GradScaler`` holds no parameters and needs nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dmao.realloc.executor import GrowConfig, execute_plan
+from dmao.realloc.groups import group_cost, module_type, parameter_count, require_resizable
+from dmao.realloc.planner import Plan, plan_event, ranking_values, type_scales
+from dmao.realloc.schedule import EventSchedule, ScheduleConfig
+from dmao.realloc.scores import ScoreConfig, ScoreTracker, step_seed
+
+
+@dataclass
+class ReallocConfig:
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    grow: GrowConfig = field(default_factory=GrowConfig)
+
+
+@dataclass
+class EventReport:
+    """What one re-allocation event did."""
+
+    event: int
+    """1-based event number."""
+    step: int
+    reason: str
+    plan: Plan
+    groups_before: dict[str, int]
+    groups_after: dict[str, int]
+    params_before: int
+    """Re-allocatable parameters (all parameters of the resizable modules) before the event."""
+    params_after: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "EventReport":
+        return cls(**{**data, "plan": Plan.from_dict(data["plan"])})
+
+    def summary(self) -> str:
+        """Per module type: groups before -> after, groups dropped and grown; then the parameter totals."""
+        totals: dict[str, list[int]] = {}
+        for name, before in self.groups_before.items():
+            row = totals.setdefault(module_type(name), [0, 0, 0, 0])
+            module_plan = self.plan.modules.get(name)
+            row[0] += before
+            row[1] += self.groups_after[name]
+            row[2] += len(module_plan.dropped) if module_plan else 0
+            row[3] += len(module_plan.grown) if module_plan else 0
+        lines = [f"event {self.event} at step {self.step}: {self.reason}"]
+        lines += [
+            f"  {kind:<6} groups {b:>4} -> {a:<4} (dropped {d}, grown {g})" for kind, (b, a, d, g) in totals.items()
+        ]
+        lines.append(f"  parameters {self.params_before:,} -> {self.params_after:,} ({self.seconds:.2f} s)")
+        return "\n".join(lines)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _from_rank0(obj: Any) -> Any:
+    """``obj`` as rank 0 has it (unchanged without torch.distributed)."""
+    if not _distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class Reallocator:
+    """Scores, schedules and carries out grow-and-drop events on a model's resizable modules.
+
+    :param modules: the resizable modules by name (``"layers.3.ff1"``; the last component is the module type),
+        in the same order on every rank
+    :param total_steps: training steps of the run (the schedule is relative to it)
+    :param seed: seeds the gate skipping and the growth noise (the same on every rank)
+    """
+
+    def __init__(self, modules: Mapping[str, nn.Module], cfg: ReallocConfig, total_steps: int, seed: int = 0) -> None:
+        if not modules:
+            raise ValueError("Reallocator needs at least one resizable module")
+        for name, module in modules.items():
+            require_resizable(name, module)
+        self.modules = dict(modules)
+        self.cfg = cfg
+        self.seed = seed
+        self.scores = ScoreTracker(self.modules, cfg.score, seed)
+        self.schedule = EventSchedule(cfg.schedule, total_steps, cfg.score.interval)
+        self.reports: list[EventReport] = []
+
+    def group_counts(self) -> dict[str, int]:
+        return {name: module.num_groups for name, module in self.modules.items()}
+
+    # ------------------------------------------------------------------------------------------------ per step
+    def before_forward(self, step: int) -> None:
+        """Call before the forward pass of training step ``step``: switches the gates for the learnable score."""
+        self.scores.set_gates(step)
+
+    def set_gates_active(self, active: bool) -> None:
+        """Switch the group gates of every module (e.g. on for evaluation when training with the learnable score)."""
+        self.scores.set_gates_active(active)
+
+    def after_backward(self, step: int, loss: float | None = None) -> None:
+        """Call after backward (and DDP all-reduce, AMP unscale) and before the optimizer step. Measures scores every
+        ``interval`` steps (every step with ``accumulate``); ``loss`` feeds the convergence trigger's loss watch."""
+        if step < 1:
+            raise ValueError(f"steps count from 1, got step {step}")
+        if self.schedule.finished:
+            return
+        if loss is not None and self.schedule.watches_loss:
+            self.schedule.observe_loss(float(loss))
+        if self.scores.after_backward(step) and self.cfg.schedule.trigger == "convergence":
+            scores = self.scores.scores()
+            scales = type_scales(scores, self.cfg.score.normalize_per_type)
+            self.schedule.observe_scores(step, ranking_values(scores, scales))
+            # The loss watch sees each rank's own loss: take rank 0's decision.
+            self.schedule.pending = _from_rank0(self.schedule.pending)
+
+    def due(self, step: int) -> bool:
+        """Whether an event happens after the optimizer update of ``step``."""
+        return self.schedule.due(step, self.scores.has_scores())
+
+    # ------------------------------------------------------------------------------------------------ the event
+    def plan(self) -> Plan:
+        """Plan an event from the current smoothed scores (without carrying it out)."""
+        scores = self.scores.scores()
+        costs = {name: group_cost(self.modules[name]) for name in scores}
+        budget = self.cfg.schedule.delta * parameter_count(self.modules) / self.cfg.schedule.num_events
+        return plan_event(scores, costs, budget, self.cfg.score.normalize_per_type)
+
+    def reallocate(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> EventReport:
+        """Carry out the event that is due at ``step``: rank 0 plans, every rank resizes identically, ``optimizer`` is
+        updated in place, scores are reset. The caller then rebuilds whatever else holds the old parameters."""
+        if not self.due(step):
+            raise RuntimeError(f"no re-allocation event is due at step {step}")
+        started = time.perf_counter()
+        groups_before, params_before = self.group_counts(), parameter_count(self.modules)
+        plan = _from_rank0(self.plan() if not _distributed() or dist.get_rank() == 0 else None)
+        execute_plan(self.modules, plan, self.cfg.grow, optimizer, seed=step_seed(self.seed, step))
+        report = EventReport(
+            event=self.schedule.events_done + 1,
+            step=step,
+            reason=self.schedule.reason(step),
+            plan=plan,
+            groups_before=groups_before,
+            groups_after=self.group_counts(),
+            params_before=params_before,
+            params_after=parameter_count(self.modules),
+            seconds=time.perf_counter() - started,
+        )
+        self.scores.reset()
+        self.schedule.event_done()
+        self.reports.append(report)
+        return report
+
+    # ------------------------------------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "group_counts": self.group_counts(),
+            "scores": self.scores.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "reports": [report.to_dict() for report in self.reports],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the engine; the modules must already have the checkpoint's layout."""
+        saved, current = state["group_counts"], self.group_counts()
+        if saved != current:
+            differing = sorted(name for name in set(saved) | set(current) if saved.get(name) != current.get(name))
+            raise ValueError(
+                f"engine state does not match the modules' group counts ({', '.join(differing[:5])}"
+                f"{', ...' if len(differing) > 5 else ''}): build the model from the checkpoint's layout first"
+            )
+        self.scores.load_state_dict(state["scores"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.reports = [EventReport.from_dict(report) for report in state["reports"]]

@@ -1,0 +1,103 @@
+"""End to end on the smoke config: train, checkpoints, exact resume, bad steps, eval and transcribe."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from dmao.cli import main
+from dmao.training import checkpoint as ckpt
+from dmao.training.loop import TrainingError, run_training
+
+
+@pytest.fixture(scope="module")
+def trained_run(corpus_cache, tmp_path_factory):
+    from dmao.training.config import load_run_config
+
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    cfg = load_run_config("smoke", [f"out_dir={out}", f"data.cache_dir={corpus_cache}"])
+    return run_training(cfg)
+
+
+def test_smoke_run_trains_logs_and_scores(trained_run):
+    run = trained_run.run_dir
+    assert trained_run.step == 12
+    assert set(trained_run.scores) == {"dev", "test"}
+    assert all(0.0 <= s.wer and s.words.ref_len > 0 for s in trained_run.scores.values())
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [4, 8, 12]
+    assert all(np.isfinite(r["loss"]) and r["audio_seconds_per_second"] > 0 for r in train)
+    assert train[-1]["loss"] < train[0]["loss"]  # it learns even in 12 steps
+    assert any((run / "tensorboard").iterdir())
+    assert [p.name for p in ckpt.list_checkpoints(run / "checkpoints")] == ["ckpt-00000006.pt", "ckpt-00000012.pt"]
+    assert (run / "config.yaml").is_file() and (run / "hyp_dev.txt").is_file()
+
+
+def test_resume_reproduces_the_uninterrupted_run(smoke_config):
+    """12 steps straight vs 6 steps, a new process state from the step-6 checkpoint, then 6 more: same weights."""
+    overrides = ("train.eval_splits=[]", "data.num_workers=1")  # a worker prefetches ahead of training
+    straight = run_training(smoke_config(*overrides))
+    ckpt_dir = straight.run_dir / "checkpoints"
+    final = ckpt.load_checkpoint(ckpt_dir / "ckpt-00000012.pt")
+    (ckpt_dir / "ckpt-00000012.pt").unlink()  # as if the run had died after step 6
+    torch.manual_seed(12345)  # the resumed run must not depend on the RNG state it starts in
+    resumed = run_training(smoke_config(*overrides, "resume=true"))
+    assert resumed.step == 12
+    again = ckpt.load_checkpoint(ckpt_dir / "ckpt-00000012.pt")
+    assert again["sampler"] == final["sampler"]
+    for name, tensor in final["model"].items():
+        assert torch.equal(tensor, again["model"][name]), name
+    for (k, a), b in zip(final["optimizer"]["state"].items(), again["optimizer"]["state"].values()):
+        assert torch.equal(a["exp_avg"], b["exp_avg"]), k
+
+
+def test_existing_run_is_never_overwritten_without_resume(trained_run, corpus_cache):
+    from dmao.training.config import load_run_config
+
+    cfg = load_run_config("smoke", [f"out_dir={trained_run.run_dir}", f"data.cache_dir={corpus_cache}"])
+    with pytest.raises(TrainingError, match="already holds checkpoints; pass resume=true"):
+        run_training(cfg)
+
+
+def test_non_finite_losses_are_skipped_then_stop_the_run(smoke_config, monkeypatch):
+    from dmao.model import CTCModel
+
+    real_loss = CTCModel.ctc_loss
+    calls = {"n": 0}
+
+    def flaky_loss(log_probs, out_lens, targets, target_lens):
+        calls["n"] += 1
+        losses = real_loss(log_probs, out_lens, targets, target_lens)
+        return losses * float("nan") if calls["n"] == 3 or calls["n"] > 7 else losses
+
+    monkeypatch.setattr(CTCModel, "ctc_loss", staticmethod(flaky_loss))
+    cfg = smoke_config("train.max_bad_steps=3", "train.checkpoint_every=2", "train.eval_splits=[]")
+    with pytest.raises(TrainingError, match="3 consecutive batches had a non-finite loss"):
+        run_training(cfg)
+    # batch 3 was skipped, batches 4-7 trained: the last good checkpoint (step 6) survives and is finite
+    state = ckpt.load_checkpoint(cfg.out_dir + "/checkpoints")
+    assert state["step"] == 6 and state["bad_steps_total"] == 1
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_cli_eval_and_transcribe_load_the_checkpoint(trained_run, tmp_path, capsys):
+    checkpoints = str(trained_run.run_dir / "checkpoints")
+    assert main(["eval", checkpoints, "--split", "dev"]) == 0
+    table = capsys.readouterr().out
+    assert "dev" in table and "WER" in table
+    audio = tmp_path / "clip.ogg"  # another format and rate than the training data
+    t = np.arange(22050) / 22050
+    sf.write(audio, (0.2 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 22050)
+    assert main(["transcribe", checkpoints, str(audio)]) == 0
+    assert capsys.readouterr().out.startswith(f"{audio}\t")
+    assert main(["transcribe", checkpoints, str(tmp_path / "missing.wav")]) == 2
+    assert "missing.wav" in capsys.readouterr().err
+
+
+def test_cli_config_typo_names_the_key(tmp_path, capsys):
+    assert main(["train", "smoke", f"out_dir={tmp_path}", "train.stpes=3"]) == 2
+    err = capsys.readouterr().err
+    assert "train.stpes" in err and "did you mean 'steps'" in err
