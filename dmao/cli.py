@@ -124,6 +124,21 @@ def cmd_transcribe(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(ns: argparse.Namespace) -> int:
+    from dmao.analysis.plots import plot_run
+
+    for path in plot_run(ns.run_dir, ns.output):
+        print(path)
+    return 0
+
+
+def cmd_layout(ns: argparse.Namespace) -> int:
+    from dmao.analysis.report import layout_report
+
+    print(layout_report(ns.checkpoint))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dmao",
@@ -170,17 +185,34 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("audio", nargs="+")
     tr.add_argument("--device", default="auto")
     tr.set_defaults(func=cmd_transcribe)
+
+    plot = sub.add_parser("plot", help="plot a run: layout initial vs final, loss with events, score distributions",
+                          description="Write PNGs into RUN_DIR/plots: layout.png (per-layer group counts by module "
+                                      "type, initial vs final: the paper's figure), loss.png (training loss with "
+                                      "event markers) and, when events happened, scores.png (score distributions "
+                                      "per module type at each event).")
+    plot.add_argument("run_dir")
+    plot.add_argument("--output", help="folder for the PNGs (default RUN_DIR/plots)")
+    plot.set_defaults(func=cmd_plot)
+
+    lay = sub.add_parser("layout", help="print a checkpoint's per-layer layout table and parameter counts",
+                         description="Per-layer group counts by module type, parameters by module type, and the "
+                                     "change from the starting layout.")
+    lay.add_argument("checkpoint", help="a ckpt-*.pt file, a run dir or its checkpoints/ folder (newest)")
+    lay.set_defaults(func=cmd_layout)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from dmao.config import ConfigError
+    from dmao.training.checkpoint import CheckpointError
+    from dmao.training.loop import TrainingError
 
     parser = build_parser()
     ns = parser.parse_args(argv)
     try:
         return ns.func(ns)
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as err:
+    except (ConfigError, CheckpointError, TrainingError, FileNotFoundError, ValueError) as err:
         print(f"dmao {ns.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +13,7 @@ from dmao.encoders.common import BlockEncoder, EncoderConfig
 from dmao.encoders.conformer import ConformerEncoder
 from dmao.encoders.ebranchformer import EBranchformerEncoder
 from dmao.encoders.layout import BLOCK_MODULES, Layout
+from dmao.features.cmvn import utterance_normalize
 from dmao.features.logmel import LogMelConfig, LogMelFeatures
 from dmao.features.specaugment import SpecAugment, SpecAugmentConfig
 from dmao.modules.common import GroupedModule, check_probability
@@ -28,6 +30,9 @@ class ModelConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     final_dropout: float = 0.1
     """Dropout on the encoder output, before the output layer."""
+    feature_normalization: Literal["utterance", "none"] = "utterance"
+    """``utterance``: zero mean, unit variance per utterance and mel bin before SpecAugment (the frontend has no
+    input norm, and raw log-mel values sit around -20)."""
 
     def __post_init__(self) -> None:
         check_probability(self, "final_dropout")
@@ -54,6 +59,7 @@ class CTCModel(nn.Module):
         self.frontend = VGGFrontend(cfg.frontend, num_features=cfg.features.num_mels, d_model=cfg.encoder.d_model)
         self.encoder = build_encoder(cfg.encoder, layout)
         self.final_dropout = cfg.final_dropout
+        self.feature_normalization = cfg.feature_normalization
         self.output = nn.Linear(cfg.encoder.d_model, vocab_size)
 
     def forward(self, audio: torch.Tensor, audio_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,6 +69,8 @@ class CTCModel(nn.Module):
         :return: (log_probs [B, T', V], out_lens [B]) with T' = frames // subsampling
         """
         feats, feat_lens = self.features(audio, audio_lens)  # [B, T, F], [B]
+        if self.feature_normalization == "utterance":
+            feats = utterance_normalize(feats, feat_lens)  # [B, T, F]
         feats = self.specaug(feats, feat_lens)  # [B, T, F]
         mask = torch.arange(feats.shape[1], device=feats.device) < feat_lens[:, None]  # [B, T]
         x, mask = self.frontend(feats, mask)  # [B, T', d], [B, T']

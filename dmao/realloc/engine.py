@@ -84,12 +84,13 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def _from_rank0(obj: Any) -> Any:
-    """``obj`` as rank 0 has it (unchanged without torch.distributed)."""
+def _from_rank0(obj: Any, device: torch.device) -> Any:
+    """``obj`` as rank 0 has it (unchanged without torch.distributed). ``device``: where the backend communicates
+    (this rank's accelerator under NCCL), passed explicitly rather than trusting the current-device setting."""
     if not _distributed():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, device=device)
     return box[0]
 
 
@@ -117,6 +118,11 @@ class Reallocator:
     def group_counts(self) -> dict[str, int]:
         return {name: module.num_groups for name, module in self.modules.items()}
 
+    @property
+    def device(self) -> torch.device:
+        """Where the modules' parameters are (read at each use: the model may be moved after construction)."""
+        return next(p.device for module in self.modules.values() for p in module.parameters())
+
     # ------------------------------------------------------------------------------------------------ per step
     def before_forward(self, step: int) -> None:
         """Call before the forward pass of training step ``step``: switches the gates for the learnable score."""
@@ -140,7 +146,7 @@ class Reallocator:
             scales = type_scales(scores, self.cfg.score.normalize_per_type)
             self.schedule.observe_scores(step, ranking_values(scores, scales))
             # The loss watch sees each rank's own loss: take rank 0's decision.
-            self.schedule.pending = _from_rank0(self.schedule.pending)
+            self.schedule.pending = _from_rank0(self.schedule.pending, self.device)
 
     def due(self, step: int) -> bool:
         """Whether an event happens after the optimizer update of ``step``."""
@@ -161,7 +167,7 @@ class Reallocator:
             raise RuntimeError(f"no re-allocation event is due at step {step}")
         started = time.perf_counter()
         groups_before, params_before = self.group_counts(), parameter_count(self.modules)
-        plan = _from_rank0(self.plan() if not _distributed() or dist.get_rank() == 0 else None)
+        plan = _from_rank0(self.plan() if not _distributed() or dist.get_rank() == 0 else None, self.device)
         execute_plan(self.modules, plan, self.cfg.grow, optimizer, seed=step_seed(self.seed, step))
         report = EventReport(
             event=self.schedule.events_done + 1,

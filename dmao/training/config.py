@@ -9,6 +9,7 @@ from typing import Literal, Sequence
 from dmao.config import ConfigError, apply_overrides, from_dict, load_yaml
 from dmao.data.corpus import DataConfig
 from dmao.model import ModelConfig
+from dmao.realloc import ReallocConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -55,6 +56,13 @@ class TrainConfig:
 
 
 @dataclass
+class DmaoConfig(ReallocConfig):
+    """The re-allocation engine's settings (score, schedule, grow), plus the switch for the same-size baseline."""
+
+    enabled: bool = True
+
+
+@dataclass
 class RunConfig:
     out_dir: str = "runs/default"
     resume: bool = False
@@ -62,6 +70,11 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    dmao: DmaoConfig = field(default_factory=DmaoConfig)
+
+    def __post_init__(self) -> None:
+        if self.dmao.enabled and self.dmao.score.kind == "learnable" and not self.model.encoder.group_gates:
+            raise ConfigError("dmao.score.kind=learnable scores the group gates: set model.encoder.group_gates=true")
 
 
 def resolve_config_path(name: str | Path) -> Path:

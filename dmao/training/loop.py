@@ -29,9 +29,11 @@ from dmao.decoding.evaluate import autocast_context, evaluate
 from dmao.decoding.wer import CorpusScore
 from dmao.encoders.layout import Layout
 from dmao.model import CTCModel
+from dmao.realloc import EventReport, Reallocator
 from dmao.training import checkpoint as ckpt
 from dmao.training.config import RunConfig
 from dmao.training.distributed import DistInfo, all_ranks_agree, barrier, init_distributed, shutdown
+from dmao.training.events import LossSpikeWatch, event_record
 from dmao.training.lr import one_cycle_scheduler
 from dmao.training.metrics import MetricsLog, Progress
 
@@ -179,6 +181,9 @@ class Trainer:
         self.sampler = ResumableSampler(self.splits["train"], cfg.data.max_duration, cfg.data.num_buckets,
                                         seed=cfg.train.seed, world_size=self.dist.world_size if self.dist.enabled else None,
                                         rank=self.dist.rank if self.dist.enabled else None)
+        self.engine = (Reallocator(self.model.resizable_modules(), cfg.dmao, total_steps=t.steps, seed=t.seed)
+                       if cfg.dmao.enabled else None)
+        self.spike_watch = LossSpikeWatch()
         if state is not None:
             self._load_state(state)
         self.ddp_model = self._wrap(self.model)
@@ -194,7 +199,9 @@ class Trainer:
         if not self.dist.enabled:
             return model
         ids = [self.device.index] if self.device.type != "cpu" else None
-        return DistributedDataParallel(model, device_ids=ids)
+        # Learnable-score gates get no gradient on the steps where they are switched off.
+        gated = self.cfg.dmao.enabled and self.cfg.dmao.score.kind == "learnable"
+        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=gated)
 
     def _load_state(self, state: dict[str, Any]) -> None:
         if state.get("format") != CHECKPOINT_FORMAT:
@@ -207,6 +214,11 @@ class Trainer:
         set_rng_state(state["rng"][min(self.dist.rank, len(state["rng"]) - 1)])
         self.step = state["step"]
         self.bad_steps_total = state.get("bad_steps_total", 0)
+        if self.engine is not None:
+            if state.get("realloc") is None:
+                raise ckpt.CheckpointError("the checkpoint was written with dmao.enabled=false; resume it the same way")
+            self.engine.load_state_dict(state["realloc"])
+        self.spike_watch.load_state_dict(state["loss_watch"])
 
     def _state(self, rng_states: list[dict[str, Any]]) -> dict[str, Any]:
         return {
@@ -221,6 +233,8 @@ class Trainer:
             "rng": rng_states,
             "step": self.step,
             "bad_steps_total": self.bad_steps_total,
+            "realloc": self.engine.state_dict() if self.engine is not None else None,
+            "loss_watch": self.spike_watch.state_dict(),
             "tokenizer": tokenizer_files(self.run_dir / "tokenizer") if self.dist.is_main else {},
         }
 
@@ -250,6 +264,8 @@ class Trainer:
     def _train_step(self, batch: AudioBatch) -> tuple[float, float] | None:
         """One optimizer step; returns (loss, grad norm), or None when the batch was skipped as non-finite."""
         batch = batch.to(self.device)
+        if self.engine is not None:
+            self.engine.before_forward(self.step + 1)
         with autocast_context(self.device, self.amp_dtype):
             log_probs, out_lens = self.ddp_model(batch.audio, batch.audio_lens)  # [B, T', V]
         losses = self.model.ctc_loss(log_probs, out_lens, batch.tokens, batch.token_lens)  # [B]
@@ -259,11 +275,15 @@ class Trainer:
             return None
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         if not all_ranks_agree(self.dist, bool(torch.isfinite(grad_norm)), self.device):
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.update()
             return None
+        if self.engine is not None:  # scores read this backward's all-reduced, unscaled, not yet clipped gradients
+            self.engine.after_backward(self.step + 1, float(loss.detach()))
+        torch.nn.utils.clip_grads_with_norm_(params, self.cfg.train.grad_clip, grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -280,6 +300,21 @@ class Trainer:
             raise TrainingError(f"{self.bad_steps_in_row} consecutive batches had a non-finite loss or gradient "
                                 f"(max_bad_steps={self.cfg.train.max_bad_steps}); stopping. The last good checkpoint "
                                 f"is in {self.ckpt_dir}. Lower train.peak_lr or check the data.")
+
+    def _reallocate(self, progress: Progress) -> EventReport:
+        """A grow-and-drop event after this step's update; then rebuild what held the old parameters."""
+        layout_before = self.model.layout()
+        report = self.engine.reallocate(self.step, self.optimizer)
+        self.ddp_model = self._wrap(self.model)  # DDP registered the old parameters
+        self.spike_watch.event(report.event, self.step)
+        if self.dist.is_main:
+            self.metrics.write("event", self.step, **event_record(report, layout_before, self.model.layout(),
+                                                                  self.spike_watch.loss_before))
+            progress.write(report.summary())
+            progress.write("layout after the event:\n" + self.model.layout().table())
+            log.info("%s\nlayout before:\n%s\nlayout after:\n%s", report.summary(), layout_before.table(),
+                     self.model.layout().table())
+        return report
 
     def train(self) -> None:
         cfg = self.cfg.train
@@ -304,6 +339,15 @@ class Trainer:
                 self.bad_steps_in_row = 0
                 self.step += 1
                 loss, grad_norm = result
+                recovery = self.spike_watch.observe(self.step, loss)
+                if self.dist.is_main and self.spike_watch.active:
+                    self.metrics.write("step_loss", self.step, loss=loss)
+                if recovery is not None and self.dist.is_main:
+                    self.metrics.write("event_recovery", self.step, **recovery)
+                    progress.write(f"event {recovery['event']}: loss {recovery['loss_before']:.2f} before, peak "
+                                   f"{recovery['peak_loss']:.2f}, back below after {recovery['recovery_steps']} steps")
+                if self.engine is not None and self.engine.due(self.step):
+                    self._reallocate(progress)
                 window_loss += loss
                 window_seconds += batch.seconds
                 window_steps += 1
@@ -319,12 +363,17 @@ class Trainer:
                     self.save()
         finally:
             progress.close()
+        unrecovered = self.spike_watch.close()
+        if unrecovered is not None and self.dist.is_main:
+            self.metrics.write("event_recovery", self.step, **unrecovered)
 
     # ----------------------------------------------------------------------------------------------- evaluation
     def evaluate(self) -> dict[str, CorpusScore]:
         scores = {}
         if not self.dist.is_main:
             return scores
+        if self.engine is not None:
+            self.engine.set_gates_active(True)  # a learnable-score run may have ended on a gates-off step
         for split in self.cfg.train.eval_splits:
             if split not in self.splits:
                 log.warning("no %r split in corpus %r; not evaluated", split, self.cfg.data.corpus)

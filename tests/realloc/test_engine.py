@@ -1,10 +1,14 @@
+import ast
 import copy
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+import dmao.realloc as realloc_package
 from dmao.realloc import EventReport, GrowConfig, ReallocConfig, Reallocator, ScheduleConfig, ScoreConfig
 from dmao.realloc.groups import group_cost
 from realloc_toys import ToyNet
@@ -157,3 +161,15 @@ def test_misuse_is_reported_clearly():
     other = Run(config(), counts=[{"ff1": 2, "mhsa": 2, "conv": 3}] * 2)
     with pytest.raises(ValueError, match="layers.0.ff1, layers.1.ff1\\): build the model"):
         other.engine.load_state_dict(run.engine.state_dict())
+
+
+def test_the_engine_imports_only_torch_the_standard_library_and_the_contract():
+    package = Path(realloc_package.__file__).parent
+    allowed = ("torch", "dmao.realloc", "dmao.resizable", "__future__")
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                top = name.split(".")[0]
+                assert name.startswith(allowed) or (top in sys.stdlib_module_names and top != "dmao"), (path, name)

@@ -34,24 +34,50 @@ def test_smoke_run_trains_logs_and_scores(trained_run):
     assert any((run / "tensorboard").iterdir())
     assert [p.name for p in ckpt.list_checkpoints(run / "checkpoints")] == ["ckpt-00000006.pt", "ckpt-00000012.pt"]
     assert (run / "config.yaml").is_file() and (run / "hyp_dev.txt").is_file()
+    event = [r for r in records if r["kind"] == "event"]
+    assert len(event) == 1 and event[0]["step"] == 6
+    assert event[0]["layout_before"] != event[0]["layout_after"]
+    assert event[0]["dropped"] and event[0]["grown"] and set(event[0]["scores"]) == {"ff1", "mhsa", "conv", "ff2"}
+    assert abs(event[0]["params_after"] - event[0]["params_before"]) <= 64 * 64 * 2 + 64
+    spike = [r for r in records if r["kind"] == "event_recovery"]
+    assert len(spike) == 1 and spike[0]["event"] == 1 and spike[0]["peak_loss"] > 0
 
 
-def test_resume_reproduces_the_uninterrupted_run(smoke_config):
-    """12 steps straight vs 6 steps, a new process state from the step-6 checkpoint, then 6 more: same weights."""
-    overrides = ("train.eval_splits=[]", "data.num_workers=1")  # a worker prefetches ahead of training
+@pytest.mark.parametrize("t_end, event_step", [(0.75, 9), (0.5, 6), (0.34, 4)])
+def test_resume_reproduces_the_uninterrupted_run(smoke_config, t_end, event_step):
+    """12 steps straight vs 6 steps, a new trainer from the step-6 checkpoint, then 6 more: the same weights,
+    optimizer state and layout, whether the re-allocation event lies after, at or before the checkpoint."""
+    overrides = ("train.eval_splits=[]", "data.num_workers=1", f"dmao.schedule.t_end={t_end}")
     straight = run_training(smoke_config(*overrides))
     ckpt_dir = straight.run_dir / "checkpoints"
     final = ckpt.load_checkpoint(ckpt_dir / "ckpt-00000012.pt")
+    assert [r["step"] for r in final["realloc"]["reports"]] == [event_step]
     (ckpt_dir / "ckpt-00000012.pt").unlink()  # as if the run had died after step 6
     torch.manual_seed(12345)  # the resumed run must not depend on the RNG state it starts in
     resumed = run_training(smoke_config(*overrides, "resume=true"))
     assert resumed.step == 12
     again = ckpt.load_checkpoint(ckpt_dir / "ckpt-00000012.pt")
-    assert again["sampler"] == final["sampler"]
+    assert again["sampler"] == final["sampler"] and again["layout"] == final["layout"]
+    timeless = lambda reports: [{k: v for k, v in r.items() if k != "seconds"} for r in reports]  # noqa: E731
+    assert timeless(again["realloc"]["reports"]) == timeless(final["realloc"]["reports"])
+    assert final["model"].keys() == again["model"].keys()
     for name, tensor in final["model"].items():
         assert torch.equal(tensor, again["model"][name]), name
+    assert len(final["optimizer"]["state"]) == len(again["optimizer"]["state"])
     for (k, a), b in zip(final["optimizer"]["state"].items(), again["optimizer"]["state"].values()):
-        assert torch.equal(a["exp_avg"], b["exp_avg"]), k
+        assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"]), k
+
+
+def test_baseline_has_the_same_size_and_no_event(smoke_config, trained_run):
+    baseline = run_training(smoke_config("dmao.enabled=false", "train.eval_splits=[]"))
+    state = ckpt.load_checkpoint(baseline.run_dir / "checkpoints")
+    dmao_state = ckpt.load_checkpoint(trained_run.run_dir / "checkpoints")
+    assert state["realloc"] is None
+    records = [json.loads(line) for line in (baseline.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert not [r for r in records if r["kind"] == "event"]
+    sizes = [sum(t.numel() for t in s["model"].values() if t.is_floating_point()) for s in (state, dmao_state)]
+    assert state["layout"] != dmao_state["layout"]
+    assert abs(sizes[0] - sizes[1]) <= 64 * 64 * 2 + 64  # within one FFN group (the largest group of the smoke model)
 
 
 def test_existing_run_is_never_overwritten_without_resume(trained_run, corpus_cache):
@@ -85,6 +111,9 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(smoke_config, monkeypat
 
 def test_cli_eval_and_transcribe_load_the_checkpoint(trained_run, tmp_path, capsys):
     checkpoints = str(trained_run.run_dir / "checkpoints")
+    state = ckpt.load_checkpoint(checkpoints)
+    assert len({tuple(layer.values()) for layer in state["layout"]["layers"]}) > 1 or \
+        state["layout"]["layers"][0] != {"ff1": 4, "mhsa": 4, "conv": 4, "ff2": 4}  # a re-allocated model
     assert main(["eval", checkpoints, "--split", "dev"]) == 0
     table = capsys.readouterr().out
     assert "dev" in table and "WER" in table

@@ -1,0 +1,109 @@
+"""The benchmarks: their last output line is the JSON summary, the ``on`` arm really drives the engine (and only
+it), the event is timed on the paper-shaped model. Speed is not asserted."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+import torch
+
+from dmao.bench import (
+    OverheadBenchConfig,
+    add_bench_parser,
+    run_overhead,
+    synthetic_batch,
+)
+from dmao.realloc import ScoreConfig
+from dmao.training.config import load_run_config
+
+TINY_MODEL = [
+    "model.encoder.num_layers=2", "model.encoder.d_model=16", "model.encoder.head_dim=4",
+    "model.encoder.conv_kernel_size=3", "model.frontend.channels=[4,4,4,4]", "model.frontend.freq_pooling=[2,2]",
+]
+TINY_BATCH = ["--utterances", "1", "--seconds", "0.5", "--vocab-size", "8"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: a second torch thread only adds synchronisation, which a busy machine turns into stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[list[str], dict]:
+    parser = argparse.ArgumentParser(prog="dmao")
+    add_bench_parser(parser.add_subparsers(dest="command", required=True))
+    ns = parser.parse_args(argv)
+    assert ns.func(ns) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    return lines, json.loads(lines[-1])
+
+
+def test_overhead_ends_with_its_json_line(capsys: pytest.CaptureFixture[str]) -> None:
+    lines, result = run_cli(
+        ["bench", "overhead", "--config", "smoke", *TINY_BATCH, "--warmup-steps", "1", "--pairs", "2",
+         "--block-steps", "1", "--engine-calls", "2", *TINY_MODEL], capsys)
+    assert len(lines) > 1 and not lines[0].startswith("{")
+    assert result["benchmark"] == "overhead"
+    for key in ("ratio", "ratio_of_means", "ratio_from_engine_time", "step_seconds_off_mean", "engine_call_seconds"):
+        assert math.isfinite(result[key]) and result[key] > 0, key
+    assert len(result["pair_ratios"]) == 2
+    assert result["measurements"] == 1 + 2 * 1  # warm-up and "on" steps measure, "off" steps do not
+    assert result["device"] == "cpu" and result["threads"] == torch.get_num_threads() and result["cpu_count"] >= 1
+
+
+@pytest.mark.parametrize(("interval", "measurements"), [(1, 4), (3, 1)])
+def test_only_the_on_blocks_drive_the_engine(interval: int, measurements: int) -> None:
+    # No warm-up, one pair (off first): steps 1-4 without the engine, 5-8 with it. At interval 3 only step 6
+    # measures; if the "off" block called the engine, step 3 would measure too.
+    run_cfg = load_run_config("smoke", TINY_MODEL)
+    cfg = OverheadBenchConfig(
+        score=ScoreConfig(interval=interval), utterances=1, seconds=0.5, vocab_size=8, warmup_steps=0,
+        block_steps=4, pairs=1, engine_calls=1,
+    )
+    result = run_overhead(run_cfg, cfg, torch.device("cpu"))
+    assert result.measurements == measurements
+    groups = 2 * (4 + 4 + 16 // 4 + 4)  # per layer: ff1, conv, heads of dim 4, ff2
+    assert result.scored_groups == groups
+    assert len(result.off_seconds) == len(result.on_seconds) == 4
+
+
+def test_the_learnable_score_asks_for_gates() -> None:
+    run_cfg = load_run_config("smoke", TINY_MODEL)
+    with pytest.raises(ValueError, match="model.encoder.group_gates=true"):
+        run_overhead(run_cfg, OverheadBenchConfig(score=ScoreConfig(kind="learnable", interval=1)),
+                     torch.device("cpu"))
+
+
+def test_bad_settings_name_the_field() -> None:
+    with pytest.raises(ValueError, match="OverheadBenchConfig.pairs"):
+        OverheadBenchConfig(pairs=0)
+    with pytest.raises(ValueError, match="vocab_size"):
+        OverheadBenchConfig(vocab_size=1)
+
+
+def test_synthetic_batch_is_alignable_and_fixed() -> None:
+    batch = synthetic_batch(3, 0.5, 5, torch.device("cpu"), seed=1)
+    assert batch.audio.shape == (3, 8000) and batch.audio_lens.tolist() == [8000] * 3
+    assert batch.targets.shape == (3, 6) and batch.target_lens.tolist() == [6] * 3  # 12 labels per second
+    assert 1 <= int(batch.targets.min()) and int(batch.targets.max()) <= 4  # never the blank
+    # 0.5 s -> 50 frames -> 12 after 4x subsampling: room for 6 labels even with repeats
+    again = synthetic_batch(3, 0.5, 5, torch.device("cpu"), seed=1)
+    assert torch.equal(batch.audio, again.audio) and torch.equal(batch.targets, again.targets)
+
+
+def test_event_ends_with_its_json_line(capsys: pytest.CaptureFixture[str]) -> None:
+    # The paper's shape (12 layers, head dim 64, 4 groups per FFN and conv) at d=64 to stay fast.
+    lines, result = run_cli(["bench", "event", "--d-model", "64", "--repeats", "2", *TINY_BATCH], capsys)
+    assert any(line.startswith("event time:") for line in lines[:-1])
+    assert result["benchmark"] == "event"
+    assert math.isfinite(result["seconds"]) and result["seconds"] > 0
+    assert len(result["all_seconds"]) == 2 and result["seconds_min"] == min(result["all_seconds"])
+    assert result["groups_dropped"] > 0 and result["groups_grown"] > 0
+    # One event keeps the re-allocatable parameter count within one group (an FFN group at d=64: 2*64*64 + 64).
+    assert abs(result["reallocatable_parameters_after"] - result["reallocatable_parameters_before"]) <= 2 * 64 * 64 + 64
