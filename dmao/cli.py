@@ -186,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default="auto")
     tr.set_defaults(func=cmd_transcribe)
 
+    from dmao.bench import add_bench_parser
+
+    add_bench_parser(sub)
+
     plot = sub.add_parser("plot", help="plot a run: layout initial vs final, loss with events, score distributions",
                           description="Write PNGs into RUN_DIR/plots: layout.png (per-layer group counts by module "
                                       "type, initial vs final: the paper's figure), loss.png (training loss with "

@@ -131,7 +131,8 @@ class ScoreTracker:
         alpha = self.cfg.alpha
         for name, values in measured.items():
             previous = self.smoothed.get(name)
-            self.smoothed[name] = values if previous is None else alpha * values + (1.0 - alpha) * previous
+            # lerp: previous + alpha * (values - previous) = alpha * values + (1 - alpha) * previous, in one op
+            self.smoothed[name] = values if previous is None else previous.lerp(values, alpha)
         self.measurements += 1
         return True
 
@@ -156,7 +157,8 @@ class ScoreTracker:
                         f"module {name!r}: {bound.axis.tensor!r} has no gradient; measure scores after backward and "
                         f"before the gradients are cleared"
                     )
-                values = (weight * weight.grad).abs() if self.cfg.kind == "taylor" else weight.grad.abs()
+                # the product is a fresh temporary: abs in place saves one allocation per module and step
+                values = torch.mul(weight, weight.grad).abs_() if self.cfg.kind == "taylor" else weight.grad.abs()
             view, reduce_dims = bound.grouped_view(values, num_groups)  # groups at dim bound.dim + 1
             sums = view.sum(dim=reduce_dims, dtype=torch.float32)  # [N]
             total = sums if total is None else total + sums

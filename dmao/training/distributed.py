@@ -52,3 +52,19 @@ def all_ranks_agree(info: DistInfo, flag: bool, device: torch.device) -> bool:
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def assert_replicas_identical(info: DistInfo, module: torch.nn.Module, device: torch.device) -> None:
+    """Raise if any rank's parameters differ from rank 0's (names, shapes and exact values, via a per-tensor
+    float64 sum and sum of squares): DDP keeps replicas in step only while every rank resizes identically."""
+    if not info.enabled:
+        return
+    names = [name for name, _ in module.named_parameters()]
+    local = torch.stack([torch.stack([p.detach().double().sum(), p.detach().double().square().sum()])
+                         for p in module.parameters()]).to(device)  # [P, 2]
+    gathered: list[object] = [None] * info.world_size
+    dist.all_gather_object(gathered, (names, local.cpu()))
+    ref_names, ref = gathered[0]
+    for rank, (other_names, values) in enumerate(gathered[1:], start=1):
+        if other_names != ref_names or not torch.equal(values, ref):
+            raise RuntimeError(f"rank {rank}'s parameters differ from rank 0's: the replicas have diverged")

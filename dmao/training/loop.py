@@ -32,7 +32,8 @@ from dmao.model import CTCModel
 from dmao.realloc import EventReport, Reallocator
 from dmao.training import checkpoint as ckpt
 from dmao.training.config import RunConfig
-from dmao.training.distributed import DistInfo, all_ranks_agree, barrier, init_distributed, shutdown
+from dmao.training.distributed import (DistInfo, all_ranks_agree, assert_replicas_identical, barrier,
+                                       init_distributed, shutdown)
 from dmao.training.events import LossSpikeWatch, event_record
 from dmao.training.lr import one_cycle_scheduler
 from dmao.training.metrics import MetricsLog, Progress
@@ -269,7 +270,9 @@ class Trainer:
         with autocast_context(self.device, self.amp_dtype):
             log_probs, out_lens = self.ddp_model(batch.audio, batch.audio_lens)  # [B, T', V]
         losses = self.model.ctc_loss(log_probs, out_lens, batch.tokens, batch.token_lens)  # [B]
-        loss = losses.sum() / len(losses)
+        # Per target token: comparable across batches of short and long clips (the bucketing sampler groups by
+        # length), so the logged curve and the event's loss spike are not dominated by batch composition.
+        loss = losses.sum() / batch.token_lens.sum().clamp(min=1)
         self.optimizer.zero_grad(set_to_none=True)
         if not all_ranks_agree(self.dist, bool(torch.isfinite(loss)), self.device):
             return None
@@ -306,6 +309,7 @@ class Trainer:
         layout_before = self.model.layout()
         report = self.engine.reallocate(self.step, self.optimizer)
         self.ddp_model = self._wrap(self.model)  # DDP registered the old parameters
+        assert_replicas_identical(self.dist, self.model, self.device)
         self.spike_watch.event(report.event, self.step)
         if self.dist.is_main:
             self.metrics.write("event", self.step, **event_record(report, layout_before, self.model.layout(),
@@ -363,6 +367,7 @@ class Trainer:
                     self.save()
         finally:
             progress.close()
+        assert_replicas_identical(self.dist, self.model, self.device)
         unrecovered = self.spike_watch.close()
         if unrecovered is not None and self.dist.is_main:
             self.metrics.write("event_recovery", self.step, **unrecovered)
