@@ -1,6 +1,17 @@
 import pytest
+import torch
 
 from dmao.training.config import load_run_config
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """The tests use small tensors: one torch thread is fastest, and far faster when other processes load the cores
+    (a second thread only adds synchronisation, which a busy machine turns into stalls)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

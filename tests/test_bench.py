@@ -26,15 +26,6 @@ TINY_MODEL = [
 TINY_BATCH = ["--utterances", "1", "--seconds", "0.5", "--vocab-size", "8"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second torch thread only adds synchronisation, which a busy machine turns into stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[list[str], dict]:
     parser = argparse.ArgumentParser(prog="dmao")
     add_bench_parser(parser.add_subparsers(dest="command", required=True))

@@ -29,10 +29,13 @@ def init_distributed(device: torch.device) -> DistInfo:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type != "cpu":
+        torch.accelerator.set_device_index(local_rank)  # one accelerator per process; collectives use it
     if not dist.is_initialized():
         backend = "gloo" if device.type == "cpu" else dist.get_default_backend_for_device(device)
         dist.init_process_group(backend=backend)
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
 def barrier(info: DistInfo) -> None:

@@ -179,9 +179,9 @@ class Trainer:
         self.scheduler = one_cycle_scheduler(self.optimizer, t.steps, t.initial_lr_ratio, t.warmup_fraction,
                                              t.decay_fraction, t.final_lr_ratio)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
+        shard = {"world_size": self.dist.world_size, "rank": self.dist.rank} if self.dist.enabled else {}
         self.sampler = ResumableSampler(self.splits["train"], cfg.data.max_duration, cfg.data.num_buckets,
-                                        seed=cfg.train.seed, world_size=self.dist.world_size if self.dist.enabled else None,
-                                        rank=self.dist.rank if self.dist.enabled else None)
+                                        seed=cfg.train.seed, **shard)
         self.engine = (Reallocator(self.model.resizable_modules(), cfg.dmao, total_steps=t.steps, seed=t.seed)
                        if cfg.dmao.enabled else None)
         self.spike_watch = LossSpikeWatch()
