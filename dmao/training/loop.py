@@ -9,6 +9,7 @@ log → atomic checkpoint every ``checkpoint_every`` steps. After the last step:
 from __future__ import annotations
 
 import logging
+import os
 import random
 import shutil
 import tempfile
@@ -164,7 +165,7 @@ class Trainer:
         state = self._resume_state()
         seed_everything(cfg.train.seed)
         if self.dist.is_main:  # build or prepare the corpus once; the other ranks then read the cache
-            self.splits = load_splits(cfg.data, num_jobs=max(cfg.data.num_workers, 1), progress=cfg.train.progress)
+            self.splits = load_splits(cfg.data, num_jobs=os.cpu_count() or 1, progress=cfg.train.progress)
         barrier(self.dist)
         if not self.dist.is_main:
             self.splits = load_splits(cfg.data, progress=False)
