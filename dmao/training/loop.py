@@ -9,6 +9,7 @@ log → atomic checkpoint every ``checkpoint_every`` steps. After the last step:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import shutil
@@ -131,6 +132,7 @@ class Trainer:
         self.bad_steps_in_row = 0
         self.bad_steps_total = 0
         self.skipped_cuts = 0
+        self.fp16_overflows = 0
 
     # ----------------------------------------------------------------------------------------------- set-up
     def _resume_state(self) -> dict[str, Any] | None:
@@ -264,7 +266,8 @@ class Trainer:
                                            generator=torch.Generator().manual_seed(self.cfg.train.seed))
 
     def _train_step(self, batch: AudioBatch) -> tuple[float, float] | None:
-        """One optimizer step; returns (loss, grad norm), or None when the batch was skipped as non-finite."""
+        """One optimizer step; returns (loss, grad norm), or None when the batch was skipped as non-finite. An fp16
+        gradient overflow returns an infinite grad norm: the batch is skipped but not counted as bad."""
         batch = batch.to(self.device)
         if self.engine is not None:
             self.engine.before_forward(self.step + 1)
@@ -283,7 +286,10 @@ class Trainer:
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         if not all_ranks_agree(self.dist, bool(torch.isfinite(grad_norm)), self.device):
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.update()
+            self.scaler.update()  # with fp16 this lowers the loss scale
+            if self.scaler.is_enabled():  # an fp16 overflow is routine, not bad data: skip without counting it
+                self.fp16_overflows += 1
+                return float(loss.detach()), float("inf")
             return None
         if self.engine is not None:  # scores read this backward's all-reduced, unscaled, not yet clipped gradients
             self.engine.after_backward(self.step + 1, float(loss.detach()))
@@ -341,6 +347,8 @@ class Trainer:
                 if result is None:
                     self._on_bad_step(batch, progress)
                     continue
+                if not math.isfinite(result[1]):
+                    continue
                 self.bad_steps_in_row = 0
                 self.step += 1
                 loss, grad_norm = result
@@ -362,7 +370,8 @@ class Trainer:
                     elapsed = time.monotonic() - window_start
                     self.metrics.write("train", self.step, loss=window_loss / window_steps, lr=lr,
                                        grad_norm=grad_norm, audio_seconds_per_second=window_seconds / elapsed,
-                                       epoch=batch.epoch, bad_steps_total=self.bad_steps_total)
+                                       epoch=batch.epoch, bad_steps_total=self.bad_steps_total,
+                                       fp16_overflows=self.fp16_overflows)
                     window_loss, window_seconds, window_steps, window_start = 0.0, 0.0, 0, time.monotonic()
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save()

@@ -130,3 +130,21 @@ def test_cli_config_typo_names_the_key(tmp_path, capsys):
     assert main(["train", "smoke", f"out_dir={tmp_path}", "train.stpes=3"]) == 2
     err = capsys.readouterr().err
     assert "train.stpes" in err and "did you mean 'steps'" in err
+
+
+@pytest.mark.slow  # fp16 autocast is slow on CPU (~20 s for 6 steps)
+def test_fp16_overflows_are_skipped_without_counting_as_bad(smoke_config, monkeypatch):
+    real_norm = torch.nn.utils.get_total_norm
+    calls = {"n": 0}
+
+    def overflowing_norm(tensors, *args, **kwargs):  # the first three steps overflow, as with a cold loss scale
+        calls["n"] += 1
+        return real_norm(tensors, *args, **kwargs) * (float("inf") if calls["n"] <= 3 else 1.0)
+
+    monkeypatch.setattr(torch.nn.utils, "get_total_norm", overflowing_norm)
+    result = run_training(smoke_config("train.amp=fp16", "train.max_bad_steps=2", "train.eval_splits=[]",
+                                       "train.steps=6", "train.checkpoint_every=6"))
+    assert result.step == 6  # three overflows would have stopped the run had they counted as bad steps
+    assert ckpt.load_checkpoint(result.run_dir / "checkpoints")["bad_steps_total"] == 0
+    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["fp16_overflows"] for r in records if r["kind"] == "train"][-1] == 3
