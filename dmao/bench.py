@@ -69,12 +69,8 @@ def synthetic_batch(
 
 def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (a no-op on the CPU), so that wall-clock times cover it."""
-    if device.type == "cpu":
-        return
-    if hasattr(torch, "accelerator") and hasattr(torch.accelerator, "synchronize"):
+    if device.type != "cpu":
         torch.accelerator.synchronize(device)
-    else:  # torch < 2.6
-        getattr(torch, device.type).synchronize(device)
 
 
 def _cpu_name() -> str:

@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="WER/CER of a checkpoint on corpus splits or a cut manifest",
                         description="Greedy CTC decoding and corpus-level WER/CER (sum of errors / sum of reference "
                                     "words). Re-allocated models load from the layout stored in the checkpoint.")
-    ev.add_argument("checkpoint", help="a ckpt-*.pt file, or a run's checkpoints/ folder (newest is taken)")
+    ev.add_argument("checkpoint", help="a ckpt-*.pt file, a run dir or its checkpoints/ folder (newest is taken)")
     ev.add_argument("--split", nargs="+", default=["dev", "test"], help="splits of the run's corpus (default dev test)")
     ev.add_argument("--manifest", help="a lhotse cut manifest to score instead of the corpus splits")
     ev.add_argument("--max-duration", type=float, default=400.0, help="seconds of audio per batch")
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("transcribe", help="transcribe audio files with a checkpoint",
                         description="Print one line per file: path, tab, transcript. Any format libsndfile reads "
                                     "(wav, flac, ogg, mp3), any sample rate (resampled to 16 kHz), mono or not.")
-    tr.add_argument("checkpoint")
+    tr.add_argument("checkpoint", help="a ckpt-*.pt file, a run dir or its checkpoints/ folder (newest is taken)")
     tr.add_argument("audio", nargs="+")
     tr.add_argument("--device", default="auto")
     tr.set_defaults(func=cmd_transcribe)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dmao.analysis.run import load_training_checkpoint, resolve_checkpoint
+from dmao.analysis.run import load_training_checkpoint
+from dmao.training.checkpoint import resolve_checkpoint
 from dmao.model import CTCModel
 from dmao.training.loop import model_from_checkpoint
 

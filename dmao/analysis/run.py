@@ -19,20 +19,6 @@ from dmao.training.config import RunConfig
 from dmao.training.metrics import read_metrics
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file as given, or the newest checkpoint of a run directory or of a checkpoints directory."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint, run directory or checkpoints directory")
-    if path.is_file():
-        return path
-    directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    found = list_checkpoints(directory)
-    if not found:
-        raise CheckpointError(f"no checkpoint (ckpt-*.pt) in {directory}")
-    return found[-1]
-
-
 def load_training_checkpoint(path: Path, *entries: str) -> dict[str, Any]:
     """A checkpoint of the training loop, checked to hold ``entries``."""
     state = load_checkpoint(path)

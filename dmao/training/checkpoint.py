@@ -68,15 +68,23 @@ def save_checkpoint(state: dict[str, Any], directory: str | Path, step: int, kee
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file as given, or the newest checkpoint of a run directory or of a checkpoints directory."""
     path = Path(path)
-    if path.is_dir():
-        found = list_checkpoints(path)
-        if not found:
-            raise CheckpointError(f"no checkpoint (ckpt-*.pt) in {path}")
-        path = found[-1]
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint, run directory or checkpoints directory (not found)")
+    if path.is_file():
+        return path
+    directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    found = list_checkpoints(directory)
+    if not found:
+        raise CheckpointError(f"no checkpoint (ckpt-*.pt) in {directory}")
+    return found[-1]
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint file, or the newest one of a run or checkpoints directory, onto the CPU."""
+    path = resolve_checkpoint(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - unpickling can fail in many ways; all mean an unreadable file

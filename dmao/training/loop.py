@@ -51,8 +51,7 @@ class TrainingError(RuntimeError):
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        accelerator = torch.accelerator.current_accelerator() if hasattr(torch, "accelerator") else None
-        return accelerator if accelerator is not None else torch.device("cpu")
+        return torch.accelerator.current_accelerator() or torch.device("cpu")
     return torch.device(name)
 
 
@@ -64,7 +63,7 @@ def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
 
 def rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    accelerator = torch.accelerator.current_accelerator() if hasattr(torch, "accelerator") else None
+    accelerator = torch.accelerator.current_accelerator()
     if accelerator is not None:
         state["accelerator"] = getattr(torch, accelerator.type).get_rng_state_all()
     return state
@@ -74,7 +73,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    accelerator = torch.accelerator.current_accelerator() if hasattr(torch, "accelerator") else None
+    accelerator = torch.accelerator.current_accelerator()
     if accelerator is not None and "accelerator" in state:
         getattr(torch, accelerator.type).set_rng_state_all(state["accelerator"])
 

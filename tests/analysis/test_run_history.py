@@ -1,8 +1,8 @@
 import pytest
 
-from dmao.analysis.run import load_run, resolve_checkpoint, superseded_removed
+from dmao.analysis.run import load_run, superseded_removed
 from dmao.config import ConfigError
-from dmao.training.checkpoint import CheckpointError, save_checkpoint, load_checkpoint
+from dmao.training.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint
 
 from analysis_fakes import CHECKPOINT_STEP, event_record, train_records
 
