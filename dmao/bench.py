@@ -30,7 +30,7 @@ import torch
 from dmao.decoding.evaluate import autocast_context
 from dmao.encoders.common import EncoderConfig
 from dmao.model import CTCModel, ModelConfig
-from dmao.realloc import EventReport, GrowConfig, ReallocConfig, Reallocator, ScheduleConfig, ScoreConfig
+from dmao.realloc import EventReport, GrowConfig, Reallocator, ReallocConfig, ScheduleConfig, ScoreConfig
 from dmao.realloc.executor import GrowMode
 from dmao.realloc.scores import SCORE_KINDS, ScoreKind
 from dmao.training.config import RunConfig, TrainConfig, load_run_config
@@ -263,19 +263,30 @@ def report_overhead(result: OverheadResult, cfg: OverheadBenchConfig, info: dict
     at_paper_interval = None if score.accumulate else result.ratio_from_engine_time(1.0 / cfg.paper_interval)
     engine_seconds = statistics.median(result.engine_seconds)
     ratios = sorted(result.pair_ratios)
-    print(f"overhead of score tracking: score {score.kind}, interval {score.interval}"
-          f"{' (accumulating every step)' if score.accumulate else ''}; {cfg.pairs} pairs of {cfg.block_steps}-step "
-          f"blocks after {cfg.warmup_steps} warm-up steps")
-    print(f"model: {result.parameters:,} parameters; batch {cfg.utterances} x {cfg.seconds:g} s; amp {result.amp}; "
-          f"device {_describe(info)}")
+    print(
+        f"overhead of score tracking: score {score.kind}, interval {score.interval}"
+        f"{' (accumulating every step)' if score.accumulate else ''}; {cfg.pairs} pairs of {cfg.block_steps}-step "
+        f"blocks after {cfg.warmup_steps} warm-up steps"
+    )
+    print(
+        f"model: {result.parameters:,} parameters; batch {cfg.utterances} x {cfg.seconds:g} s; amp {result.amp}; "
+        f"device {_describe(info)}"
+    )
     for name, times in (("off", result.off_seconds), ("on ", result.on_seconds)):
         print(f"step time {name}: mean {statistics.fmean(times):.4f} s, median {statistics.median(times):.4f} s")
-    print(f"throughput ratio on/off: {result.ratio:.4f} (median of {len(ratios)} pairs; min {ratios[0]:.4f}, max "
-          f"{ratios[-1]:.4f}; from the mean step times {result.ratio_of_means:.4f}); goal >= 0.98")
-    print(f"one measuring after_backward call alone: median {engine_seconds * 1e3:.2f} ms over "
-          f"{len(result.engine_seconds)} calls -> ratio {direct:.4f} at interval {score.interval}"
-          + (f", {at_paper_interval:.5f} at interval {cfg.paper_interval}"
-             if at_paper_interval is not None and cfg.paper_interval != score.interval else ""))
+    print(
+        f"throughput ratio on/off: {result.ratio:.4f} (median of {len(ratios)} pairs; min {ratios[0]:.4f}, max "
+        f"{ratios[-1]:.4f}; from the mean step times {result.ratio_of_means:.4f}); goal >= 0.98"
+    )
+    print(
+        f"one measuring after_backward call alone: median {engine_seconds * 1e3:.2f} ms over "
+        f"{len(result.engine_seconds)} calls -> ratio {direct:.4f} at interval {score.interval}"
+        + (
+            f", {at_paper_interval:.5f} at interval {cfg.paper_interval}"
+            if at_paper_interval is not None and cfg.paper_interval != score.interval
+            else ""
+        )
+    )
     print(f"engine: {result.measurements} score measurements during the steps, {result.scored_groups} groups scored")
     summary = {
         "benchmark": "overhead",
@@ -333,8 +344,11 @@ class EventBenchConfig:
         self.model(), self.realloc()  # their own checks name the bad value
 
     def model(self) -> ModelConfig:
-        return ModelConfig(encoder=EncoderConfig(block_type=self.block_type, d_model=self.d_model,
-                                                 group_gates=self.score == "learnable"))
+        return ModelConfig(
+            encoder=EncoderConfig(
+                block_type=self.block_type, d_model=self.d_model, group_gates=self.score == "learnable"
+            )
+        )
 
     def realloc(self) -> ReallocConfig:
         # t_end = 1 of a 1-step run: the event is due right after the first step.
@@ -393,12 +407,16 @@ def report_event(result: EventResult, cfg: EventBenchConfig, info: dict[str, Any
     plan = result.report.plan
     dropped = sum(len(m.dropped) for m in plan.modules.values())
     grown = sum(len(m.grown) for m in plan.modules.values())
-    print(f"re-allocation event: {cfg.block_type} d={cfg.d_model}, {result.parameters:,} parameters; score "
-          f"{cfg.score}, delta {cfg.delta}, 1 event, {cfg.grow} growth; device {_describe(info)}")
+    print(
+        f"re-allocation event: {cfg.block_type} d={cfg.d_model}, {result.parameters:,} parameters; score "
+        f"{cfg.score}, delta {cfg.delta}, 1 event, {cfg.grow} growth; device {_describe(info)}"
+    )
     print(f"state from one training step on {cfg.utterances} x {cfg.seconds:g} s ({result.step_seconds:.2f} s)")
     print(result.report.summary())
-    print(f"event time: median {median:.3f} s, min {fastest:.3f} s over {cfg.repeats} fresh copies "
-          f"({', '.join(f'{s:.3f}' for s in result.seconds)}); goal < 2 s on CPU")
+    print(
+        f"event time: median {median:.3f} s, min {fastest:.3f} s over {cfg.repeats} fresh copies "
+        f"({', '.join(f'{s:.3f}' for s in result.seconds)}); goal < 2 s on CPU"
+    )
     summary = {
         "benchmark": "event",
         "seconds": median,
@@ -471,41 +489,56 @@ def cmd_bench_event(ns: argparse.Namespace) -> int:
 def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``bench overhead`` and ``bench event`` on the ``dmao`` command's subparsers; each sets ``func``."""
     bench = subparsers.add_parser(
-        "bench", help="measure DMAO's costs: per-step score tracking, one re-allocation event",
-        description="Benchmarks on synthetic data. Each prints readable lines and, last, one JSON line.")
+        "bench",
+        help="measure DMAO's costs: per-step score tracking, one re-allocation event",
+        description="Benchmarks on synthetic data. Each prints readable lines and, last, one JSON line.",
+    )
     actions = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
 
     overhead = actions.add_parser(
-        "overhead", help="training throughput with score tracking on / off (goal >= 0.98)",
+        "overhead",
+        help="training throughput with score tracking on / off (goal >= 0.98)",
         description="Trains the configured model on one fixed synthetic batch, alternating blocks of steps without "
-                    "and with the engine's per-step calls, and prints the throughput ratio on/off.",
+        "and with the engine's per-step calls, and prints the throughput ratio on/off.",
         epilog="Overrides after the options change the run config, e.g. model.encoder.d_model=384 "
-               "model.encoder.num_layers=12 train.amp=off.")
+        "model.encoder.num_layers=12 train.amp=off.",
+    )
     overhead.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides")
     overhead.add_argument("--config", default="default", help="run config whose model is timed (default: default)")
     overhead.add_argument("--device", help="torch device (default: the config's train.device)")
     overhead.add_argument("--threads", type=int, help="torch CPU threads (default: the config's train.threads)")
     overhead.add_argument("--score", choices=SCORE_KINDS, default="taylor")
-    overhead.add_argument("--interval", type=int, default=1,
-                          help="steps between score measurements (default 1: every step, the worst case)")
+    overhead.add_argument(
+        "--interval",
+        type=int,
+        default=1,
+        help="steps between score measurements (default 1: every step, the worst case)",
+    )
     overhead.add_argument("--accumulate", action="store_true", help="accumulate scores over every step")
-    overhead.add_argument("--paper-interval", type=int, default=1000,
-                          help="also estimate the ratio at this interval (default 1000, the paper's)")
+    overhead.add_argument(
+        "--paper-interval",
+        type=int,
+        default=1000,
+        help="also estimate the ratio at this interval (default 1000, the paper's)",
+    )
     overhead.add_argument("--utterances", type=int, default=4, help="utterances per batch (default 4)")
     overhead.add_argument("--seconds", type=float, default=4.0, help="seconds per utterance (default 4)")
     overhead.add_argument("--vocab-size", type=int, default=REFERENCE_VOCAB)
     overhead.add_argument("--warmup-steps", type=int, default=4)
     overhead.add_argument("--block-steps", type=int, default=2, help="steps per block (default 2)")
     overhead.add_argument("--pairs", type=int, default=16, help="timed pairs of blocks (default 16)")
-    overhead.add_argument("--engine-calls", type=int, default=20,
-                          help="measuring after_backward calls then timed alone (default 20)")
+    overhead.add_argument(
+        "--engine-calls", type=int, default=20, help="measuring after_backward calls then timed alone (default 20)"
+    )
     overhead.set_defaults(func=cmd_bench_overhead)
 
     event = actions.add_parser(
-        "event", help="wall time of one re-allocation event on the paper's model (goal < 2 s on CPU)",
+        "event",
+        help="wall time of one re-allocation event on the paper's model (goal < 2 s on CPU)",
         description="Builds the paper's d=384 model, fills the AdamW state and the scores with one training step "
-                    "on a synthetic batch, then times the event (plan, resize, optimizer-state transplant) on fresh "
-                    "copies.")
+        "on a synthetic batch, then times the event (plan, resize, optimizer-state transplant) on fresh "
+        "copies.",
+    )
     event.add_argument("--block-type", choices=["conformer", "ebranchformer"], default="conformer")
     event.add_argument("--d-model", type=int, default=384, help="256, 384 or 512 for the paper's sizes (default 384)")
     event.add_argument("--device", default="auto")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-EPILOG_OVERRIDES = ("Any config value can be overridden as key=value after the config, e.g. "
-                    "out_dir=runs/try1 train.steps=2000 data.max_duration=300 resume=true.")
+EPILOG_OVERRIDES = (
+    "Any config value can be overridden as key=value after the config, e.g. "
+    "out_dir=runs/try1 train.steps=2000 data.max_duration=300 resume=true."
+)
 
 
 def _split_config_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -24,8 +26,9 @@ def _setup_logging(run_dir: Path | None = None) -> None:
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(run_dir / "train.log"))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        handlers=handlers, force=True)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True
+    )
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
@@ -95,8 +98,9 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     device = next(model.parameters()).device
     scores = {}
     for name, cuts in sets.items():
-        scores[name], transcripts, skipped = evaluate(model, cuts, tokenizer, ns.max_duration,
-                                                      amp_dtype_for(cfg.train.amp, device))
+        scores[name], transcripts, skipped = evaluate(
+            model, cuts, tokenizer, ns.max_duration, amp_dtype_for(cfg.train.amp, device)
+        )
         if ns.output:
             write_transcripts(Path(ns.output) / f"hyp_{name}.txt", transcripts)
         for reason in skipped:
@@ -143,33 +147,47 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dmao",
         description="Train CTC speech recognisers (Conformer, E-Branchformer) that re-allocate their own parameters "
-                    "during training (DMAO), evaluate them, and study where the parameters went.",
-        epilog=EPILOG_OVERRIDES)
+        "during training (DMAO), evaluate them, and study where the parameters went.",
+        epilog=EPILOG_OVERRIDES,
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = sub.add_parser("train", help="train a model from a config (default: the embedded corpus, CPU-sized)",
-                           description="Train, checkpoint, then print the dev/test WER table. With no arguments it "
-                                       "trains the default config on the embedded corpus. Shipped configs: "
-                                       "default, smoke.", epilog=EPILOG_OVERRIDES)
+    train = sub.add_parser(
+        "train",
+        help="train a model from a config (default: the embedded corpus, CPU-sized)",
+        description="Train, checkpoint, then print the dev/test WER table. With no arguments it "
+        "trains the default config on the embedded corpus. Shipped configs: "
+        "default, smoke.",
+        epilog=EPILOG_OVERRIDES,
+    )
     train.add_argument("args", nargs="*", metavar="[CONFIG] [key=value]", help="a YAML config, then overrides")
     train.set_defaults(func=cmd_train)
 
-    data = sub.add_parser("data", help="build or prepare corpora",
-                          description="Corpus tools: synthesise the embedded corpus, or prepare a configured one.")
+    data = sub.add_parser(
+        "data",
+        help="build or prepare corpora",
+        description="Corpus tools: synthesise the embedded corpus, or prepare a configured one.",
+    )
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     for name, func, text in (
         ("synth", cmd_data_synth, "synthesise the embedded English corpus offline (espeak-ng), cached"),
-        ("prepare", cmd_data_prepare, "prepare and clean the configured corpus (lhotse recipe, manifests, Kaldi "
-                                      "dirs) and print its splits"),
+        (
+            "prepare",
+            cmd_data_prepare,
+            "prepare and clean the configured corpus (lhotse recipe, manifests, Kaldi dirs) and print its splits",
+        ),
     ):
         action = data_sub.add_parser(name, help=text, description=text + ".", epilog=EPILOG_OVERRIDES)
         action.add_argument("args", nargs="*", metavar="[CONFIG] [key=value]")
         action.add_argument("--jobs", type=int, default=2, help="parallel processes (default 2)")
         action.set_defaults(func=func)
 
-    ev = sub.add_parser("eval", help="WER/CER of a checkpoint on corpus splits or a cut manifest",
-                        description="Greedy CTC decoding and corpus-level WER/CER (sum of errors / sum of reference "
-                                    "words). Re-allocated models load from the layout stored in the checkpoint.")
+    ev = sub.add_parser(
+        "eval",
+        help="WER/CER of a checkpoint on corpus splits or a cut manifest",
+        description="Greedy CTC decoding and corpus-level WER/CER (sum of errors / sum of reference "
+        "words). Re-allocated models load from the layout stored in the checkpoint.",
+    )
     ev.add_argument("checkpoint", help="a ckpt-*.pt file, a run dir or its checkpoints/ folder (newest is taken)")
     ev.add_argument("--split", nargs="+", default=["dev", "test"], help="splits of the run's corpus (default dev test)")
     ev.add_argument("--manifest", help="a lhotse cut manifest to score instead of the corpus splits")
@@ -178,9 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output", help="folder to write hyp_<split>.txt into")
     ev.set_defaults(func=cmd_eval)
 
-    tr = sub.add_parser("transcribe", help="transcribe audio files with a checkpoint",
-                        description="Print one line per file: path, tab, transcript. Any format libsndfile reads "
-                                    "(wav, flac, ogg, mp3), any sample rate (resampled to 16 kHz), mono or not.")
+    tr = sub.add_parser(
+        "transcribe",
+        help="transcribe audio files with a checkpoint",
+        description="Print one line per file: path, tab, transcript. Any format libsndfile reads "
+        "(wav, flac, ogg, mp3), any sample rate (resampled to 16 kHz), mono or not.",
+    )
     tr.add_argument("checkpoint", help="a ckpt-*.pt file, a run dir or its checkpoints/ folder (newest is taken)")
     tr.add_argument("audio", nargs="+")
     tr.add_argument("--device", default="auto")
@@ -190,18 +211,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_parser(sub)
 
-    plot = sub.add_parser("plot", help="plot a run: layout initial vs final, loss with events, score distributions",
-                          description="Write PNGs into RUN_DIR/plots: layout.png (per-layer group counts by module "
-                                      "type, initial vs final: the paper's figure), loss.png (training loss with "
-                                      "event markers) and, when events happened, scores.png (score distributions "
-                                      "per module type at each event).")
+    plot = sub.add_parser(
+        "plot",
+        help="plot a run: layout initial vs final, loss with events, score distributions",
+        description="Write PNGs into RUN_DIR/plots: layout.png (per-layer group counts by module "
+        "type, initial vs final: the paper's figure), loss.png (training loss with "
+        "event markers) and, when events happened, scores.png (score distributions "
+        "per module type at each event).",
+    )
     plot.add_argument("run_dir")
     plot.add_argument("--output", help="folder for the PNGs (default RUN_DIR/plots)")
     plot.set_defaults(func=cmd_plot)
 
-    lay = sub.add_parser("layout", help="print a checkpoint's per-layer layout table and parameter counts",
-                         description="Per-layer group counts by module type, parameters by module type, and the "
-                                     "change from the starting layout.")
+    lay = sub.add_parser(
+        "layout",
+        help="print a checkpoint's per-layer layout table and parameter counts",
+        description="Per-layer group counts by module type, parameters by module type, and the "
+        "change from the starting layout.",
+    )
     lay.add_argument("checkpoint", help="a ckpt-*.pt file, a run dir or its checkpoints/ folder (newest)")
     lay.set_defaults(func=cmd_layout)
     return parser

@@ -22,8 +22,9 @@ module-wide: it keeps its shape, and the budget spreads its cost evenly over the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, Sequence, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 

@@ -43,7 +43,12 @@ def tiny_config(block_type: str, **encoder) -> ModelConfig:
     return ModelConfig(
         frontend=FrontendConfig(channels=(4, 8, 8, 4), freq_pooling=(2, 2)),
         encoder=EncoderConfig(
-            block_type=block_type, num_layers=2, d_model=16, head_dim=4, conv_kernel_size=5, merge_kernel_size=3,
+            block_type=block_type,
+            num_layers=2,
+            d_model=16,
+            head_dim=4,
+            conv_kernel_size=5,
+            merge_kernel_size=3,
             **encoder,
         ),
         specaug=SpecAugmentConfig(max_time_mask_width=5, max_freq_mask_width=4),
@@ -84,7 +89,10 @@ def test_ctc_loss_is_per_utterance_and_float32_under_autocast() -> None:
     assert losses.shape == (3,)
     for b in range(2):
         expected = F.ctc_loss(
-            log_probs[b, : out_lens[b]], targets[b, : target_lens[b]], out_lens[b : b + 1], target_lens[b : b + 1],
+            log_probs[b, : out_lens[b]],
+            targets[b, : target_lens[b]],
+            out_lens[b : b + 1],
+            target_lens[b : b + 1],
             reduction="sum",
         )
         torch.testing.assert_close(losses[b], expected)

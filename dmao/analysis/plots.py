@@ -25,8 +25,13 @@ INITIAL_COLOR = "0.72"
 DROPPED_COLOR = "tab:red"
 GROWN_COLOR = "tab:green"
 # One colour per module type, the same in every figure.
-MODULE_COLORS = {"ff1": "tab:blue", "mhsa": "tab:orange", "conv": "tab:purple", "cgmlp": "tab:purple",
-                 "ff2": "tab:cyan"}
+MODULE_COLORS = {
+    "ff1": "tab:blue",
+    "mhsa": "tab:orange",
+    "conv": "tab:purple",
+    "cgmlp": "tab:purple",
+    "ff2": "tab:cyan",
+}
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -36,8 +41,9 @@ def _save(fig: Figure, path: Path) -> Path:
 
 def _event_entry(history: RunHistory, event: dict[str, Any], key: str) -> Any:
     if key not in event:
-        raise ValueError(f"{history.run_dir / 'metrics.jsonl'}: event {event.get('event')} at step {event['step']} "
-                         f"has no {key!r}")
+        raise ValueError(
+            f"{history.run_dir / 'metrics.jsonl'}: event {event.get('event')} at step {event['step']} has no {key!r}"
+        )
     return event[key]
 
 
@@ -65,8 +71,15 @@ def plot_layout(history: RunHistory, path: Path) -> Path:
     # The final bars have one colour per module type: their legend entry shows them all side by side.
     handles = [initial_bars.patches[0], tuple(final_bars)]
     labels = [f"initial ({history.initial_source})", f"final ({history.final_source}, step {history.final_step})"]
-    fig.legend(handles, labels, handler_map={tuple: HandlerTuple(ndivide=None, pad=0)}, loc="outside lower center",
-               ncols=2, fontsize=9, frameon=False)
+    fig.legend(
+        handles,
+        labels,
+        handler_map={tuple: HandlerTuple(ndivide=None, pad=0)},
+        loc="outside lower center",
+        ncols=2,
+        fontsize=9,
+        frameon=False,
+    )
     fig.suptitle(f"Groups per layer, initial vs final: {history.name}")
     return _save(fig, path)
 
@@ -87,8 +100,13 @@ def _plot_wer(ax: Axes, evals: list[dict[str, Any]]) -> None:
     for split in dict.fromkeys(r["split"] for r in evals):
         rows = [r for r in evals if r["split"] == split]
         wers = [100 * r["wer"] for r in rows]
-        wer_ax.plot([r["step"] for r in rows], wers, "s--", markersize=6,
-                    label=f"{split} WER {wers[-1]:.1f}% (step {rows[-1]['step']})")
+        wer_ax.plot(
+            [r["step"] for r in rows],
+            wers,
+            "s--",
+            markersize=6,
+            label=f"{split} WER {wers[-1]:.1f}% (step {rows[-1]['step']})",
+        )
         top = max(top, *wers)
     wer_ax.set_ylabel("WER (%)")
     wer_ax.set_ylim(0, 1.15 * top + 1)
@@ -103,8 +121,14 @@ def plot_loss(history: RunHistory, path: Path) -> Path:
     losses = [r["loss"] for r in history.train]
     finite = [v for v in losses + [r["loss"] for r in history.step_losses] if math.isfinite(v) and v > 0]
     if history.step_losses:  # the spike an event causes, which the window averages smooth away
-        ax.plot([r["step"] for r in history.step_losses], [r["loss"] for r in history.step_losses], ".",
-                color="0.45", markersize=4, label="single-step loss")
+        ax.plot(
+            [r["step"] for r in history.step_losses],
+            [r["loss"] for r in history.step_losses],
+            ".",
+            color="0.45",
+            markersize=4,
+            label="single-step loss",
+        )
     if history.train:
         ax.plot(steps, losses, color="tab:blue", linewidth=1.2, label="training loss (mean over logging window)")
     else:
@@ -113,9 +137,18 @@ def plot_loss(history: RunHistory, path: Path) -> Path:
         ax.set_yscale("log")
     for event in history.events:
         ax.axvline(event["step"], color=DROPPED_COLOR, linestyle=":", linewidth=1.2)
-        ax.annotate(_event_label(history, event), (event["step"], 1), xycoords=ax.get_xaxis_transform(),
-                    xytext=(3, -4), textcoords="offset points", rotation=90, va="top", ha="left", fontsize=8,
-                    color=DROPPED_COLOR)
+        ax.annotate(
+            _event_label(history, event),
+            (event["step"], 1),
+            xycoords=ax.get_xaxis_transform(),
+            xytext=(3, -4),
+            textcoords="offset points",
+            rotation=90,
+            va="top",
+            ha="left",
+            fontsize=8,
+            color=DROPPED_COLOR,
+        )
     ax.set_xlabel("step")
     ax.set_ylabel("CTC loss")
     ax.grid(alpha=0.3)
@@ -124,8 +157,7 @@ def plot_loss(history: RunHistory, path: Path) -> Path:
         _plot_wer(ax, history.evals)
     handles = [h for each in fig.axes for h in each.get_legend_handles_labels()[0]]
     if handles:
-        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3), fontsize=9,
-                   frameon=False)
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3), fontsize=9, frameon=False)
     fig.suptitle(f"Training loss: {history.name}")
     return _save(fig, path)
 
@@ -149,25 +181,44 @@ def plot_scores(history: RunHistory, path: Path) -> Path:
                 label += f"\n({len(values) - len(shown)} ≤ 0 not shown)"
             tick_labels.append(label)
             if len(shown):
-                ax.boxplot(shown, positions=[position], widths=0.5, showfliers=False,
-                           medianprops={"color": "black"})
-                ax.scatter(position + jitter.uniform(-0.18, 0.18, len(shown)), shown, s=10, alpha=0.55,
-                           color=MODULE_COLORS.get(name, "tab:blue"), zorder=3)
+                ax.boxplot(shown, positions=[position], widths=0.5, showfliers=False, medianprops={"color": "black"})
+                ax.scatter(
+                    position + jitter.uniform(-0.18, 0.18, len(shown)),
+                    shown,
+                    s=10,
+                    alpha=0.55,
+                    color=MODULE_COLORS.get(name, "tab:blue"),
+                    zorder=3,
+                )
         for kind, color, marker in (("dropped", DROPPED_COLOR, "x"), ("grown", GROWN_COLOR, "^")):
-            points = [(names.index(module_type(g["module"])), g["score"]) for g in marked[kind]
-                      if module_type(g["module"]) in names and g["score"] > 0]
+            points = [
+                (names.index(module_type(g["module"])), g["score"])
+                for g in marked[kind]
+                if module_type(g["module"]) in names and g["score"] > 0
+            ]
             if points:
                 xs, ys = zip(*points)
-                ax.scatter(np.asarray(xs) + 0.3, ys, marker=marker, s=36, color=color, zorder=4,
-                           label=f"{kind} ({len(marked[kind])})")
+                ax.scatter(
+                    np.asarray(xs) + 0.3,
+                    ys,
+                    marker=marker,
+                    s=36,
+                    color=color,
+                    zorder=4,
+                    label=f"{kind} ({len(marked[kind])})",
+                )
         ax.set_yscale("log")
         ax.set_xticks(range(len(names)), tick_labels)
         ax.set_xlim(-0.6, len(names) - 0.4)
         ax.set_ylabel("smoothed score")
         ax.grid(axis="y", alpha=0.3)
         ax.grid(axis="y", alpha=0.12, which="minor")
-        ax.set_title(f"event {event['event']} at step {event['step']}: {len(marked['dropped'])} groups dropped, "
-                     f"{len(marked['grown'])} grown", loc="left", fontsize=10)
+        ax.set_title(
+            f"event {event['event']} at step {event['step']}: {len(marked['dropped'])} groups dropped, "
+            f"{len(marked['grown'])} grown",
+            loc="left",
+            fontsize=10,
+        )
         if marked["dropped"] or marked["grown"]:
             ax.legend(loc="best", fontsize=8)
     fig.suptitle(f"Group scores at each event: {history.name}")

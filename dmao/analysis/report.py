@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from dmao.analysis.run import load_training_checkpoint
-from dmao.training.checkpoint import resolve_checkpoint
 from dmao.model import CTCModel
+from dmao.training.checkpoint import resolve_checkpoint
 from dmao.training.loop import model_from_checkpoint
 
 
 def _type_table(
-    groups: dict[str, int], params: dict[str, int], start_groups: dict[str, int] | None,
+    groups: dict[str, int],
+    params: dict[str, int],
+    start_groups: dict[str, int] | None,
     start_params: dict[str, int] | None,
 ) -> str:
     """Groups and parameters per module type (then the fixed parts and the total); with a start: start -> now."""
@@ -20,7 +22,7 @@ def _type_table(
         lines = [f"{'module':<12} {'groups':>6} {'parameters':>13} {'share':>7}"]
         for name, count in params.items():
             share = f"{100 * count / total:6.1f}%"
-            lines.append(f"{name:<12} {str(groups.get(name, '')):>6} {count:>13,} {share:>7}")
+            lines.append(f"{name:<12} {groups.get(name, '')!s:>6} {count:>13,} {share:>7}")
         return "\n".join(lines)
     lines = [f"{'module':<12} {'groups start -> now':>19} {'parameters start -> now':>29} {'change':>9}"]
     for name, count in params.items():
@@ -49,8 +51,10 @@ def layout_report(checkpoint_path: str | Path) -> str:
         "",
     ]
     if layout == start:
-        lines += ["by module type (the starting layout, unchanged):",
-                  _type_table(layout.total_groups(), params, None, None)]
+        lines += [
+            "by module type (the starting layout, unchanged):",
+            _type_table(layout.total_groups(), params, None, None),
+        ]
     else:
         start_params = CTCModel(cfg.model, tokenizer.vocab_size, layout=start).parameter_counts()
         lines += [

@@ -86,8 +86,9 @@ def _event_layout(event: dict[str, Any], key: str, metrics_path: Path) -> Layout
     try:
         return Layout.from_dict(event[key])
     except (TypeError, ValueError, KeyError) as err:
-        raise ValueError(f"{metrics_path}: event {event.get('event')} at step {event['step']}: bad {key}: {err}") \
-            from None
+        raise ValueError(
+            f"{metrics_path}: event {event.get('event')} at step {event['step']}: bad {key}: {err}"
+        ) from None
 
 
 def load_run(run_dir: str | Path) -> RunHistory:
@@ -111,8 +112,10 @@ def load_run(run_dir: str | Path) -> RunHistory:
         final_layout = _event_layout(events[-1], "layout_after", metrics_path)
         final_step, final_source = events[-1]["step"], f"event {events[-1]['event']}"
     else:
-        raise CheckpointError(f"no checkpoint (ckpt-*.pt) in {run_dir / 'checkpoints'} and no event in "
-                              f"{metrics_path}: the run's layout is unknown")
+        raise CheckpointError(
+            f"no checkpoint (ckpt-*.pt) in {run_dir / 'checkpoints'} and no event in "
+            f"{metrics_path}: the run's layout is unknown"
+        )
 
     config_path = run_dir / "config.yaml"
     if config_path.is_file():
@@ -131,9 +134,11 @@ def load_run(run_dir: str | Path) -> RunHistory:
         initial_source = f"{final_source} config"
 
     if (initial_layout.block_type, initial_layout.num_layers) != (final_layout.block_type, final_layout.num_layers):
-        raise ValueError(f"{run_dir}: the initial layout ({initial_source}: {initial_layout.num_layers} "
-                         f"{initial_layout.block_type} layers) and the final one ({final_source}: "
-                         f"{final_layout.num_layers} {final_layout.block_type} layers) are not of the same model")
+        raise ValueError(
+            f"{run_dir}: the initial layout ({initial_source}: {initial_layout.num_layers} "
+            f"{initial_layout.block_type} layers) and the final one ({final_source}: "
+            f"{final_layout.num_layers} {final_layout.block_type} layers) are not of the same model"
+        )
     return RunHistory(
         run_dir=run_dir,
         initial_layout=initial_layout,

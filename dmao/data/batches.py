@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -38,10 +38,18 @@ class AudioBatch:
     def seconds(self) -> float:
         return float(self.audio_lens.sum()) / 16000.0
 
-    def to(self, device: torch.device) -> "AudioBatch":
-        return AudioBatch(self.audio.to(device, non_blocking=True), self.audio_lens.to(device), self.tokens.to(device),
-                          self.token_lens.to(device), self.texts, self.cut_ids, self.skipped, self.epoch,
-                          self.index)
+    def to(self, device: torch.device) -> AudioBatch:
+        return AudioBatch(
+            self.audio.to(device, non_blocking=True),
+            self.audio_lens.to(device),
+            self.tokens.to(device),
+            self.token_lens.to(device),
+            self.texts,
+            self.cut_ids,
+            self.skipped,
+            self.epoch,
+            self.index,
+        )
 
 
 def pad_stack(rows: list[np.ndarray | list[int]], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,7 +63,8 @@ def pad_stack(rows: list[np.ndarray | list[int]], dtype: torch.dtype) -> tuple[t
 
 class AudioBatchDataset(torch.utils.data.Dataset):
     """Maps one sampler batch (epoch, index, cuts) to an :class:`AudioBatch`. A cut whose audio is missing, corrupt
-    or silent is left out of its batch and reported in ``skipped`` (naming the cut and file), so one bad file never stops training."""
+    or silent is left out of its batch and reported in ``skipped`` (naming the cut and file),
+    so one bad file never stops training."""
 
     def __init__(self, tokenizer: Tokenizer | None) -> None:
         self.tokenizer = tokenizer  # None: audio only (decoding needs no targets)
@@ -67,7 +76,7 @@ class AudioBatchDataset(torch.utils.data.Dataset):
             text = cut.supervisions[0].text
             try:
                 samples = cut.load_audio()[0].astype(np.float32)  # [S]; lhotse resamples lazily where needed
-            except Exception as err:  # noqa: BLE001 - any decoder failure means the same: skip this file
+            except Exception as err:
                 skipped.append(f"{cut.id} ({_source(cut)}): {type(err).__name__}: {err}")
                 continue
             if samples.size == 0 or not np.isfinite(samples).all() or np.abs(samples).max() < 1e-4:
@@ -96,14 +105,28 @@ class ResumableSampler(torch.utils.data.Sampler):
     the one the training loop reports as consumed (``epoch``, ``batches_done``). Resuming replays the same epoch with
     the same seed and skips the consumed batches (cheap: cut metadata only, no audio)."""
 
-    def __init__(self, cuts: CutSet, max_duration: float, num_buckets: int, seed: int, shuffle: bool = True,
-                 world_size: int | None = None, rank: int | None = None) -> None:
+    def __init__(
+        self,
+        cuts: CutSet,
+        max_duration: float,
+        num_buckets: int,
+        seed: int,
+        shuffle: bool = True,
+        world_size: int | None = None,
+        rank: int | None = None,
+    ) -> None:
         with warnings.catch_warnings():  # lhotse warns about eager cut sets; ours are cleaned in memory on purpose
             warnings.filterwarnings("ignore", message=".*eagerly read CutSet.*")
-            self.sampler = DynamicBucketingSampler(cuts, max_duration=max_duration,
-                                                   num_buckets=min(num_buckets, len(cuts)),
-                                                   shuffle=shuffle, seed=seed, world_size=world_size, rank=rank,
-                                                   drop_last=world_size is not None and world_size > 1)
+            self.sampler = DynamicBucketingSampler(
+                cuts,
+                max_duration=max_duration,
+                num_buckets=min(num_buckets, len(cuts)),
+                shuffle=shuffle,
+                seed=seed,
+                world_size=world_size,
+                rank=rank,
+                drop_last=world_size is not None and world_size > 1,
+            )
         self.epoch = 0
         self.batches_done = 0
 

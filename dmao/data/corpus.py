@@ -26,8 +26,11 @@ CorpusName = Literal["embedded", "librispeech", "tedlium2", "switchboard", "mani
 
 # Lhotse recipe names of each corpus's dev and test parts (Switchboard's test set is Hub5'00 = eval2000).
 _RECIPE_SPLITS = {
-    "librispeech": {"train": ("train-clean-100", "train-clean-360", "train-other-500"),
-                    "dev": ("dev-other",), "test": ("test-other",)},
+    "librispeech": {
+        "train": ("train-clean-100", "train-clean-360", "train-other-500"),
+        "dev": ("dev-other",),
+        "test": ("test-other",),
+    },
     "tedlium2": {"train": ("train",), "dev": ("dev",), "test": ("test",)},
 }
 # Non-speech markers that corpora write inside transcripts: <unk>, [laughter], {breath}, (()) ...
@@ -64,8 +67,10 @@ class DataConfig:
         if not 0 <= self.min_utterance_seconds < self.max_utterance_seconds:
             raise ValueError("need 0 <= min_utterance_seconds < max_utterance_seconds")
         if self.max_utterance_seconds > self.max_duration:
-            raise ValueError(f"max_utterance_seconds ({self.max_utterance_seconds}) exceeds max_duration "
-                             f"({self.max_duration}): such a clip could never fit in a batch")
+            raise ValueError(
+                f"max_utterance_seconds ({self.max_utterance_seconds}) exceeds max_duration "
+                f"({self.max_duration}): such a clip could never fit in a batch"
+            )
         if self.num_buckets < 1 or self.num_workers < 0 or self.bpe_vocab_size < 2:
             raise ValueError("num_buckets >= 1, num_workers >= 0 and bpe_vocab_size >= 2 are required")
         if self.corpus in ("librispeech", "tedlium2", "switchboard") and not self.corpus_dir:
@@ -90,8 +95,10 @@ class CleaningReport:
     resampled: int = 0
 
     def summary(self) -> str:
-        return (f"kept {self.kept}; dropped {self.empty_transcript} with empty transcripts, {self.too_short} shorter "
-                f"and {self.too_long} longer than the limits; {self.resampled} resampled to {SAMPLE_RATE} Hz")
+        return (
+            f"kept {self.kept}; dropped {self.empty_transcript} with empty transcripts, {self.too_short} shorter "
+            f"and {self.too_long} longer than the limits; {self.resampled} resampled to {SAMPLE_RATE} Hz"
+        )
 
 
 def clean_cuts(cuts: CutSet, cfg: DataConfig, name: str) -> tuple[CutSet, CleaningReport]:
@@ -109,8 +116,13 @@ def clean_cuts(cuts: CutSet, cfg: DataConfig, name: str) -> tuple[CutSet, Cleani
             continue
         if cut.duration > cfg.max_utterance_seconds:
             report.too_long += 1
-            log.warning("%s: cut %s is %.1f s, over max_utterance_seconds=%.1f; dropped", name, cut.id,
-                        cut.duration, cfg.max_utterance_seconds)
+            log.warning(
+                "%s: cut %s is %.1f s, over max_utterance_seconds=%.1f; dropped",
+                name,
+                cut.id,
+                cut.duration,
+                cfg.max_utterance_seconds,
+            )
             continue
         if cut.sampling_rate != SAMPLE_RATE:
             cut = cut.resample(SAMPLE_RATE)

@@ -46,9 +46,17 @@ class EspeakError(RuntimeError):
 class _VoiceStruct(ctypes.Structure):
     """``espeak_VOICE``; ``languages`` is a run of (priority byte, NUL-terminated tag) pairs ended by a zero byte."""
 
-    _fields_ = [("name", ctypes.c_char_p), ("languages", ctypes.c_void_p), ("identifier", ctypes.c_char_p),
-                ("gender", ctypes.c_ubyte), ("age", ctypes.c_ubyte), ("variant", ctypes.c_ubyte),
-                ("xx1", ctypes.c_ubyte), ("score", ctypes.c_int), ("spare", ctypes.c_void_p)]
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("languages", ctypes.c_void_p),
+        ("identifier", ctypes.c_char_p),
+        ("gender", ctypes.c_ubyte),
+        ("age", ctypes.c_ubyte),
+        ("variant", ctypes.c_ubyte),
+        ("xx1", ctypes.c_ubyte),
+        ("score", ctypes.c_int),
+        ("spare", ctypes.c_void_p),
+    ]
 
 
 @dataclass(frozen=True)
@@ -88,8 +96,9 @@ class Espeak:
         except OSError as err:
             raise EspeakError(f"cannot load the espeak-ng library {library_path}: {err}") from err
         if not hasattr(lib, "espeak_ng_SetRandSeed"):
-            raise EspeakError(f"{library_path} predates espeak-ng 1.52 (no espeak_ng_SetRandSeed); "
-                              "upgrade espeakng-loader")
+            raise EspeakError(
+                f"{library_path} predates espeak-ng 1.52 (no espeak_ng_SetRandSeed); upgrade espeakng-loader"
+            )
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         lib.espeak_Info.argtypes = [ctypes.c_void_p]
         lib.espeak_Info.restype = ctypes.c_char_p
@@ -99,11 +108,20 @@ class Espeak:
         lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
-        lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
-                                     ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+        lib.espeak_Synth.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
         # The path argument is the folder that contains espeak-ng-data.
-        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, _BUFFER_MS, str(data_path.parent).encode(),
-                                     _INITIALIZE_DONT_EXIT)
+        rate = lib.espeak_Initialize(
+            _AUDIO_OUTPUT_SYNCHRONOUS, _BUFFER_MS, str(data_path.parent).encode(), _INITIALIZE_DONT_EXIT
+        )
         if rate <= 0:
             raise EspeakError(f"espeak-ng failed to initialise with the voice data in {data_path}")
         self._lib = lib
@@ -186,8 +204,9 @@ class Espeak:
             raise EspeakError(f"espeak-ng failed ({reason}) on voice {voice!r}, text {text!r}")
         return np.frombuffer(data, dtype=np.int16)
 
-    def _speak_in_child(self, text: str, voice: str, rate_wpm: int, pitch: int, pitch_range: int, seed: int,
-                        write_fd: int) -> None:
+    def _speak_in_child(
+        self, text: str, voice: str, rate_wpm: int, pitch: int, pitch_range: int, seed: int, write_fd: int
+    ) -> None:
         """Runs in the forked child and never returns: exits 0 after writing the samples, :data:`_EXIT_UNKNOWN_VOICE`
         for a voice espeak does not know, 1 on any other failure (an exception included)."""
         code = 1

@@ -83,8 +83,9 @@ def _speakable_tokens(sentence: str) -> tuple[list[str], str] | None:
     if "".join(tokens) != body.replace(" ", ""):  # something between the tokens, e.g. a lone "-" or "'"
         return None
     for token in tokens:
-        if token[0].isalpha() and (not _PLAIN_WORD.fullmatch(token) or not _VOWEL.search(token)
-                                   or token.lower() in _ABBREVIATIONS):
+        if token[0].isalpha() and (
+            not _PLAIN_WORD.fullmatch(token) or not _VOWEL.search(token) or token.lower() in _ABBREVIATIONS
+        ):
             return None
     return tokens, text[-1]
 

@@ -37,11 +37,12 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile
@@ -69,8 +70,14 @@ _MAX_SKIPPED_SHARE = 0.5  # more skipped utterances than this means espeak is br
 _STREAM_SPLITS, _STREAM_ORDER, _STREAM_UTTERANCE = 0, 1, 2
 _INTEGER_FIELDS = frozenset({"min_words", "max_words", "seed", "rate_wpm", "pitch", "pitch_range"})
 # (low, high) range fields of SynthConfig and the bounds of their values
-_RANGE_LIMITS = {"snr_db": (-math.inf, math.inf), "rate_wpm": (80, 450), "pitch": (0, 100), "pitch_range": (0, 100),
-                 "level_dbfs": (-math.inf, 0.0), "noise_slope": (0.0, math.inf)}
+_RANGE_LIMITS = {
+    "snr_db": (-math.inf, math.inf),
+    "rate_wpm": (80, 450),
+    "pitch": (0, 100),
+    "pitch_range": (0, 100),
+    "level_dbfs": (-math.inf, 0.0),
+    "noise_slope": (0.0, math.inf),
+}
 
 
 def _as_number(value: object, kind: type, name: str) -> int | float:
@@ -137,8 +144,10 @@ class SynthConfig:
         for kind in ("variant", "sentence"):
             test, dev = getattr(self, f"test_{kind}_share"), getattr(self, f"dev_{kind}_share")
             if not (0 < test < 1 and 0 < dev < 1 and test + dev < 1):
-                raise ValueError(f"test_{kind}_share ({test}) and dev_{kind}_share ({dev}) must be in (0, 1) and "
-                                 "leave a share for train")
+                raise ValueError(
+                    f"test_{kind}_share ({test}) and dev_{kind}_share ({dev}) must be in (0, 1) and "
+                    "leave a share for train"
+                )
 
     def seconds(self, split: str) -> float:
         """Target audio duration of ``split``."""
@@ -173,8 +182,9 @@ class _Outcome:
     """Why nothing was written ("silent", "failed"), empty on success."""
 
 
-def _split_shares(items: list, what: str, test_share: float, dev_share: float,
-                  rng: np.random.Generator) -> dict[str, list]:
+def _split_shares(
+    items: list, what: str, test_share: float, dev_share: float, rng: np.random.Generator
+) -> dict[str, list]:
     """Shuffle ``items`` (called ``what`` in errors) and cut them into disjoint, non-empty train/dev/test lists,
     each in the original order."""
     order = rng.permutation(len(items))
@@ -182,7 +192,11 @@ def _split_shares(items: list, what: str, test_share: float, dev_share: float,
     num_dev = max(1, round(dev_share * len(items)))
     if num_test + num_dev >= len(items):
         raise ValueError(f"{len(items)} {what} leave none for train after {num_test} for test and {num_dev} for dev")
-    parts = {"test": order[:num_test], "dev": order[num_test:num_test + num_dev], "train": order[num_test + num_dev:]}
+    parts = {
+        "test": order[:num_test],
+        "dev": order[num_test : num_test + num_dev],
+        "train": order[num_test + num_dev :],
+    }
     return {split: [items[i] for i in sorted(indices)] for split, indices in parts.items()}
 
 
@@ -197,8 +211,9 @@ def coloured_noise(num_samples: int, slope: float, rng: np.random.Generator) -> 
     return noise / np.sqrt(np.mean(noise**2))
 
 
-def mix_with_noise(speech: np.ndarray, snr_db: float, level_dbfs: float, noise_slope: float,
-                   rng: np.random.Generator) -> np.ndarray:
+def mix_with_noise(
+    speech: np.ndarray, snr_db: float, level_dbfs: float, noise_slope: float, rng: np.random.Generator
+) -> np.ndarray:
     """Scale ``speech`` [T] to RMS ``level_dbfs`` and add coloured noise at ``snr_db`` (powers over the whole clip);
     a mix whose peak would exceed :data:`_PEAK_LIMIT` is scaled down as a whole, keeping the SNR."""
     speech = speech * (10 ** (level_dbfs / 20) / np.sqrt(np.mean(speech**2)))
@@ -212,8 +227,14 @@ def _render(utterance: _Utterance, path: str) -> _Outcome:
     """Synthesise, resample, degrade and write one utterance as 16 kHz FLAC."""
     engine = Espeak.instance()
     try:
-        raw = engine.synthesize(utterance.sentence.spoken, f"{utterance.dialect.identifier}+{utterance.variant}",
-                                utterance.rate_wpm, utterance.pitch, utterance.pitch_range, utterance.seed)
+        raw = engine.synthesize(
+            utterance.sentence.spoken,
+            f"{utterance.dialect.identifier}+{utterance.variant}",
+            utterance.rate_wpm,
+            utterance.pitch,
+            utterance.pitch_range,
+            utterance.seed,
+        )
     except EspeakError as err:
         log.warning("skipping %s: %s", utterance.id, err)
         return _Outcome(skipped="failed")
@@ -221,8 +242,9 @@ def _render(utterance: _Utterance, path: str) -> _Outcome:
         return _Outcome(skipped="silent")
     common = math.gcd(SAMPLE_RATE, engine.sample_rate)
     speech = resample_poly(raw / 32768.0, SAMPLE_RATE // common, engine.sample_rate // common)  # [T']
-    audio = mix_with_noise(speech, utterance.snr_db, utterance.level_dbfs, utterance.noise_slope,
-                           np.random.default_rng(utterance.seed))
+    audio = mix_with_noise(
+        speech, utterance.snr_db, utterance.level_dbfs, utterance.noise_slope, np.random.default_rng(utterance.seed)
+    )
     soundfile.write(path, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
     return _Outcome(num_samples=len(audio))
 
@@ -275,8 +297,9 @@ def _vocabulary_first_order(sentences: list[Sentence], rng: np.random.Generator)
 class _Planner:
     """Draws the utterances of one split: utterance ``i`` depends only on the recipe, the split and ``i``."""
 
-    def __init__(self, cfg: SynthConfig, split: str, sentences: list[Sentence], dialects: list[Dialect],
-                 variants: list[str]) -> None:
+    def __init__(
+        self, cfg: SynthConfig, split: str, sentences: list[Sentence], dialects: list[Dialect], variants: list[str]
+    ) -> None:
         self.cfg, self.split, self.sentences, self.dialects, self.variants = cfg, split, sentences, dialects, variants
         self._split_index = SPLITS.index(split)
         self._orders: dict[int, np.ndarray] = {}
@@ -286,8 +309,9 @@ class _Planner:
         epoch, position = divmod(index, len(self.sentences))
         if epoch not in self._orders:
             rng = np.random.default_rng([self.cfg.seed, _STREAM_ORDER, self._split_index, epoch])
-            self._orders[epoch] = (_vocabulary_first_order(self.sentences, rng) if epoch == 0
-                                   else rng.permutation(len(self.sentences)))
+            self._orders[epoch] = (
+                _vocabulary_first_order(self.sentences, rng) if epoch == 0 else rng.permutation(len(self.sentences))
+            )
         return self.sentences[self._orders[epoch][position]]
 
     def __call__(self, index: int) -> _Utterance:
@@ -314,17 +338,35 @@ def _cut(utterance: _Utterance, path: Path, num_samples: int) -> MonoCut:
     from lhotse import AudioSource, MonoCut, Recording, SupervisionSegment
 
     duration = num_samples / SAMPLE_RATE
-    recording = Recording(id=utterance.id, sources=[AudioSource(type="file", channels=[0], source=str(path))],
-                          sampling_rate=SAMPLE_RATE, num_samples=num_samples, duration=duration)
-    supervision = SupervisionSegment(
-        id=utterance.id, recording_id=utterance.id, start=0.0, duration=duration, channel=0,
-        text=utterance.sentence.transcript, language="en", speaker=utterance.speaker,
-        custom={"voice": f"{utterance.dialect.identifier}+{utterance.variant}", "rate_wpm": utterance.rate_wpm,
-                "pitch": utterance.pitch, "pitch_range": utterance.pitch_range, "snr_db": utterance.snr_db,
-                "level_dbfs": utterance.level_dbfs, "noise_slope": utterance.noise_slope},
+    recording = Recording(
+        id=utterance.id,
+        sources=[AudioSource(type="file", channels=[0], source=str(path))],
+        sampling_rate=SAMPLE_RATE,
+        num_samples=num_samples,
+        duration=duration,
     )
-    return MonoCut(id=utterance.id, start=0.0, duration=duration, channel=0, supervisions=[supervision],
-                   recording=recording)
+    supervision = SupervisionSegment(
+        id=utterance.id,
+        recording_id=utterance.id,
+        start=0.0,
+        duration=duration,
+        channel=0,
+        text=utterance.sentence.transcript,
+        language="en",
+        speaker=utterance.speaker,
+        custom={
+            "voice": f"{utterance.dialect.identifier}+{utterance.variant}",
+            "rate_wpm": utterance.rate_wpm,
+            "pitch": utterance.pitch,
+            "pitch_range": utterance.pitch_range,
+            "snr_db": utterance.snr_db,
+            "level_dbfs": utterance.level_dbfs,
+            "noise_slope": utterance.noise_slope,
+        },
+    )
+    return MonoCut(
+        id=utterance.id, start=0.0, duration=duration, channel=0, supervisions=[supervision], recording=recording
+    )
 
 
 def _write_cuts(cuts: list[MonoCut], path: Path) -> None:
@@ -333,16 +375,18 @@ def _write_cuts(cuts: list[MonoCut], path: Path) -> None:
     CutSet.from_cuts(cuts).to_file(path)
 
 
-def _build_split(planner: _Planner, run: Callable, build_dir: Path, final_dir: Path, num_jobs: int,
-                 progress: bool) -> tuple[list[MonoCut], dict[str, int]]:
+def _build_split(
+    planner: _Planner, run: Callable, build_dir: Path, final_dir: Path, num_jobs: int, progress: bool
+) -> tuple[list[MonoCut], dict[str, int]]:
     """Render utterances in index order until the split's duration is reached; returns its cuts and skip counts."""
     split, target = planner.split, planner.cfg.seconds(planner.split)
     (build_dir / "audio" / split).mkdir(parents=True)
     cuts: list[MonoCut] = []
     skipped = {"silent": 0, "failed": 0}
     seconds, next_index, mean_duration = 0.0, 0, 3.0
-    with tqdm(total=round(target), unit="s", desc=f"synthesising {split}", file=sys.stderr,
-              disable=not progress) as bar:
+    with tqdm(
+        total=round(target), unit="s", desc=f"synthesising {split}", file=sys.stderr, disable=not progress
+    ) as bar:
         while seconds < target:
             # Enough utterances for the remaining duration (estimated), within one batch per worker pass.
             wanted = math.ceil((target - seconds) / mean_duration)
@@ -361,8 +405,10 @@ def _build_split(planner: _Planner, run: Callable, build_dir: Path, final_dir: P
                     seconds += cuts[-1].duration
                     bar.update(min(round(seconds), bar.total) - bar.n)
             if sum(skipped.values()) > _MAX_SKIPPED_SHARE * next_index + 10:
-                raise RuntimeError(f"espeak-ng produced no usable audio for {sum(skipped.values())} of {next_index} "
-                                   f"{split} utterances ({skipped}); see the warnings above")
+                raise RuntimeError(
+                    f"espeak-ng produced no usable audio for {sum(skipped.values())} of {next_index} "
+                    f"{split} utterances ({skipped}); see the warnings above"
+                )
             if cuts:
                 mean_duration = seconds / len(cuts)
     return cuts, skipped
@@ -390,8 +436,9 @@ def corpus_dir(cfg: SynthConfig, cache_root: str | Path) -> Path:
     return _recipe_and_dir(cfg, cache_root)[1]
 
 
-def synthesize_corpus(cfg: SynthConfig, cache_root: str | Path, num_jobs: int = 2,
-                      progress: bool = True) -> dict[str, Path]:
+def synthesize_corpus(
+    cfg: SynthConfig, cache_root: str | Path, num_jobs: int = 2, progress: bool = True
+) -> dict[str, Path]:
     """Returns {"train": Path(.../cuts_train.jsonl.gz), "dev": ..., "test": ...}; builds only when the cache is
     missing. ``num_jobs`` worker processes render in parallel (the result does not depend on it); ``progress`` shows
     tqdm bars on stderr."""
@@ -402,20 +449,33 @@ def synthesize_corpus(cfg: SynthConfig, cache_root: str | Path, num_jobs: int = 
     if final_dir.exists():
         missing = [str(p) for p in paths.values() if not p.is_file()]
         if missing:
-            raise FileNotFoundError(f"the synthetic corpus cache {final_dir} lacks {', '.join(missing)}; "
-                                    "delete the directory to rebuild it")
+            raise FileNotFoundError(
+                f"the synthetic corpus cache {final_dir} lacks {', '.join(missing)}; delete the directory to rebuild it"
+            )
         log.info("embedded corpus: reusing %s", final_dir)
         return paths
 
     engine = Espeak.instance()
     sentences = sentence_pool(cfg.min_words, cfg.max_words)
     dialects, variants = engine.english_dialects(), engine.variants()
-    log.info("embedded corpus: building %s (espeak-ng %s, %d accents, %d variants, %d sentences, %d jobs)",
-             final_dir, engine.version, len(dialects), len(variants), len(sentences), num_jobs)
+    log.info(
+        "embedded corpus: building %s (espeak-ng %s, %d accents, %d variants, %d sentences, %d jobs)",
+        final_dir,
+        engine.version,
+        len(dialects),
+        len(variants),
+        len(sentences),
+        num_jobs,
+    )
     rng = np.random.default_rng([cfg.seed, _STREAM_SPLITS])
     variant_splits = _split_shares(variants, "voice variants", cfg.test_variant_share, cfg.dev_variant_share, rng)
-    sentence_splits = _split_shares(list(sentences), f"sentences of {cfg.min_words}-{cfg.max_words} words",
-                                    cfg.test_sentence_share, cfg.dev_sentence_share, rng)
+    sentence_splits = _split_shares(
+        list(sentences),
+        f"sentences of {cfg.min_words}-{cfg.max_words} words",
+        cfg.test_sentence_share,
+        cfg.dev_sentence_share,
+        rng,
+    )
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     build_dir = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".partial", dir=final_dir.parent))
     try:
@@ -430,15 +490,22 @@ def synthesize_corpus(cfg: SynthConfig, cache_root: str | Path, num_jobs: int = 
                 words = {w for c in cuts for w in c.supervisions[0].text.split()}
                 vocabulary |= words
                 stats[split] = {
-                    "utterances": len(cuts), "hours": sum(c.duration for c in cuts) / 3600, "skipped": skipped,
-                    "distinct_words": len(words), "variants": variant_splits[split],
+                    "utterances": len(cuts),
+                    "hours": sum(c.duration for c in cuts) / 3600,
+                    "skipped": skipped,
+                    "distinct_words": len(words),
+                    "variants": variant_splits[split],
                     "sentences_available": len(sentence_splits[split]),
                 }
         elapsed = time.perf_counter() - started
         audio_hours = sum(s["hours"] for s in stats.values())
         real_time_factor = elapsed / (audio_hours * 3600)
-        summary = {"splits": stats, "distinct_words": len(vocabulary), "seconds": elapsed,
-                   "real_time_factor": real_time_factor}
+        summary = {
+            "splits": stats,
+            "distinct_words": len(vocabulary),
+            "seconds": elapsed,
+            "real_time_factor": real_time_factor,
+        }
         (build_dir / "recipe.json").write_text(json.dumps({**recipe, "stats": summary}, indent=2))
         try:
             os.rename(build_dir, final_dir)
@@ -449,6 +516,13 @@ def synthesize_corpus(cfg: SynthConfig, cache_root: str | Path, num_jobs: int = 
     except BaseException:
         shutil.rmtree(build_dir, ignore_errors=True)
         raise
-    log.info("embedded corpus: wrote %.2f h (%d distinct words) in %.0f s (real-time factor %.4f with %d jobs) to %s",
-             audio_hours, len(vocabulary), elapsed, real_time_factor, num_jobs, final_dir)
+    log.info(
+        "embedded corpus: wrote %.2f h (%d distinct words) in %.0f s (real-time factor %.4f with %d jobs) to %s",
+        audio_hours,
+        len(vocabulary),
+        elapsed,
+        real_time_factor,
+        num_jobs,
+        final_dir,
+    )
     return paths

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from lhotse import CutSet
@@ -38,8 +38,9 @@ def ordered_batches(cuts: CutSet, max_duration: float) -> Iterator[tuple[int, in
 
 
 @torch.no_grad()
-def decode_batch(model: torch.nn.Module, batch: AudioBatch, tokenizer: Tokenizer,
-                 amp_dtype: torch.dtype | None = None) -> list[str]:
+def decode_batch(
+    model: torch.nn.Module, batch: AudioBatch, tokenizer: Tokenizer, amp_dtype: torch.dtype | None = None
+) -> list[str]:
     device = next(model.parameters()).device
     batch = batch.to(device)
     with autocast_context(device, amp_dtype):
@@ -48,8 +49,13 @@ def decode_batch(model: torch.nn.Module, batch: AudioBatch, tokenizer: Tokenizer
 
 
 @torch.no_grad()
-def transcribe_cuts(model: torch.nn.Module, cuts: CutSet, tokenizer: Tokenizer, max_duration: float,
-                    amp_dtype: torch.dtype | None = None) -> tuple[list[Transcript], list[str]]:
+def transcribe_cuts(
+    model: torch.nn.Module,
+    cuts: CutSet,
+    tokenizer: Tokenizer,
+    max_duration: float,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[list[Transcript], list[str]]:
     """Hypotheses for every readable cut, and the cuts that could not be read (with reasons)."""
     was_training = model.training
     model.eval()
@@ -68,8 +74,13 @@ def transcribe_cuts(model: torch.nn.Module, cuts: CutSet, tokenizer: Tokenizer, 
     return transcripts, skipped
 
 
-def evaluate(model: torch.nn.Module, cuts: CutSet, tokenizer: Tokenizer, max_duration: float,
-             amp_dtype: torch.dtype | None = None) -> tuple[CorpusScore, list[Transcript], list[str]]:
+def evaluate(
+    model: torch.nn.Module,
+    cuts: CutSet,
+    tokenizer: Tokenizer,
+    max_duration: float,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[CorpusScore, list[Transcript], list[str]]:
     transcripts, skipped = transcribe_cuts(model, cuts, tokenizer, max_duration, amp_dtype)
     score = score_corpus([t.reference for t in transcripts], [t.hypothesis for t in transcripts])
     return score, transcripts, skipped

@@ -8,8 +8,8 @@ words joined by single spaces, so the CER counts word-boundary errors (a missing
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 

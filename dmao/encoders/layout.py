@@ -67,7 +67,7 @@ class Layout:
         conv_groups: int = 4,
         ff_expansion: int = 4,
         conv_expansion: int = 1,
-    ) -> "Layout":
+    ) -> Layout:
         """The usual starting point: every layer alike, FFN hidden = ``ff_expansion * d_model`` split into
         ``ff_groups`` groups, conv channels (cgMLP half-width for E-Branchformer) = ``conv_expansion * d_model`` split
         into ``conv_groups``, and ``d_model / head_dim`` heads."""
@@ -93,7 +93,7 @@ class Layout:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Layout":
+    def from_dict(cls, data: dict[str, Any]) -> Layout:
         return cls(**{**data, "layers": [dict(layer) for layer in data["layers"]]})
 
     def total_groups(self) -> dict[str, int]:

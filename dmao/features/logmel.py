@@ -125,4 +125,3 @@ class LogMelFeatures(nn.Module):
         frame_index = torch.arange(features.shape[1], device=audio.device)  # [T]
         inside = frame_index[None, :] < feature_lens[:, None]  # [B, T]
         return features.masked_fill(~inside[:, :, None], 0.0), feature_lens
-

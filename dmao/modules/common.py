@@ -91,9 +91,7 @@ class GroupedModule(nn.Module, ABC):
         super().__init__()
         self.num_groups = cfg.num_groups
         self.group_size = group_size
-        self.reference_num_groups = (
-            cfg.num_groups if cfg.reference_num_groups is None else cfg.reference_num_groups
-        )
+        self.reference_num_groups = cfg.num_groups if cfg.reference_num_groups is None else cfg.reference_num_groups
         self.dropout_scales_with_width = cfg.dropout_scales_with_width
         self.max_dropout = cfg.max_dropout
         self.gates_active = cfg.group_gates

@@ -5,7 +5,7 @@ re-allocated. The training loop drives a :class:`Reallocator`.
 """
 
 from dmao.realloc.contract import contract_deviations
-from dmao.realloc.engine import EventReport, ReallocConfig, Reallocator
+from dmao.realloc.engine import EventReport, Reallocator, ReallocConfig
 from dmao.realloc.executor import GrowConfig, execute_plan, resize_module
 from dmao.realloc.groups import group_cost, module_type, parameter_count
 from dmao.realloc.optim_state import ParameterMove, move_optimizer_state

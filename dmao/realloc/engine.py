@@ -18,8 +18,9 @@ keeps working; the state moves with the weights). A ``GradScaler`` holds no para
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -59,7 +60,7 @@ class EventReport:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "EventReport":
+    def from_dict(cls, data: Mapping[str, Any]) -> EventReport:
         return cls(**{**data, "plan": Plan.from_dict(data["plan"])})
 
     def summary(self) -> str:

@@ -7,8 +7,8 @@ spread evenly over the groups too, so one group costs exactly ``(parameters of t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 from torch import nn

@@ -8,8 +8,9 @@ Scalars such as ``step`` are kept. Removed parameters leave the optimizer togeth
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn

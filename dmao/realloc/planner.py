@@ -9,8 +9,9 @@ and a module with zero groups is no candidate (it never regrows).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from dmao.realloc.groups import module_type
 
@@ -65,7 +66,7 @@ class Plan:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Plan":
+    def from_dict(cls, data: Mapping[str, Any]) -> Plan:
         modules = {name: ModulePlan(**entry) for name, entry in data["modules"].items()}
         return cls(**{**data, "modules": modules})
 

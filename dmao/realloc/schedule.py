@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import torch
 
@@ -148,13 +149,16 @@ class EventSchedule:
             rho = spearman(previous, ranking) if previous is not None else -1.0
             self._stable_streak = self._stable_streak + 1 if rho >= cfg.rank_correlation else 0
             if self._stable_streak >= cfg.patience:
-                reasons.append(f"ranking stable (Spearman {rho:.3f} >= {cfg.rank_correlation} for {cfg.patience} "
-                               f"measurements)")
+                reasons.append(
+                    f"ranking stable (Spearman {rho:.3f} >= {cfg.rank_correlation} for {cfg.patience} measurements)"
+                )
         if cfg.loss_flatness is not None and len(self._losses) == cfg.loss_window:
             decrease = relative_loss_decrease(list(self._losses))
             if decrease < cfg.loss_flatness:
-                reasons.append(f"loss flat (fell {decrease:.4f} < {cfg.loss_flatness} of its mean over the last "
-                               f"{cfg.loss_window} steps)")
+                reasons.append(
+                    f"loss flat (fell {decrease:.4f} < {cfg.loss_flatness} of its mean over the last "
+                    f"{cfg.loss_window} steps)"
+                )
         first, last = self.window(self.events_done)
         self.pending = "; ".join(reasons) if reasons and first <= step <= last else None
 

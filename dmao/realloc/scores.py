@@ -9,8 +9,9 @@ batch, or the mean over every step of the interval with ``accumulate``) updates 
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -92,7 +93,8 @@ class ScoreTracker:
     def _scored_axes(self, name: str, module: nn.Module) -> list[BoundAxis]:
         gate = getattr(module, "group_gate", None)
         scored = [
-            b for b in bind_axes(name, module)
+            b
+            for b in bind_axes(name, module)
             if b.is_parameter and b.tensor is not gate and (self.cfg.scored_weights == "all" or b.axis.primary)
         ]
         if not scored and self.cfg.kind != "learnable":

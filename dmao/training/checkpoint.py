@@ -49,8 +49,9 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> None:
     except BaseException as err:
         tmp.unlink(missing_ok=True)
         if isinstance(err, OSError):
-            raise CheckpointError(f"could not write checkpoint {path}: {err}; the previous checkpoint is untouched") \
-                from err
+            raise CheckpointError(
+                f"could not write checkpoint {path}: {err}; the previous checkpoint is untouched"
+            ) from err
         raise
     directory_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -87,5 +88,5 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = resolve_checkpoint(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - unpickling can fail in many ways; all mean an unreadable file
+    except Exception as err:
         raise CheckpointError(f"checkpoint {path} is unreadable: {err}") from err

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 from dmao.config import ConfigError, apply_overrides, from_dict, load_yaml
 from dmao.data.corpus import DataConfig
@@ -85,8 +86,10 @@ def resolve_config_path(name: str | Path) -> Path:
     for candidate in (CONFIG_DIR / path, CONFIG_DIR / path.name, CONFIG_DIR / f"{path.name}.yaml"):
         if candidate.is_file():
             return candidate
-    raise ConfigError(f"config file not found: {name} (shipped configs: "
-                      f"{', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.yaml')))})")
+    raise ConfigError(
+        f"config file not found: {name} (shipped configs: "
+        f"{', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.yaml')))})"
+    )
 
 
 def load_run_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:

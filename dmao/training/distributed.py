@@ -63,8 +63,9 @@ def assert_replicas_identical(info: DistInfo, module: torch.nn.Module, device: t
     if not info.enabled:
         return
     names = [name for name, _ in module.named_parameters()]
-    local = torch.stack([torch.stack([p.detach().double().sum(), p.detach().double().square().sum()])
-                         for p in module.parameters()]).to(device)  # [P, 2]
+    local = torch.stack(
+        [torch.stack([p.detach().double().sum(), p.detach().double().square().sum()]) for p in module.parameters()]
+    ).to(device)  # [P, 2]
     gathered: list[object] = [None] * info.world_size
     dist.all_gather_object(gathered, (names, local.cpu()))
     ref_names, ref = gathered[0]

@@ -9,8 +9,9 @@ from dmao.encoders.layout import Layout
 from dmao.realloc import EventReport
 
 
-def event_record(report: EventReport, layout_before: Layout, layout_after: Layout,
-                 loss_before: float | None) -> dict[str, Any]:
+def event_record(
+    report: EventReport, layout_before: Layout, layout_after: Layout, loss_before: float | None
+) -> dict[str, Any]:
     """The ``event`` record of metrics.jsonl: layouts, what was dropped and grown with its score, and every group's
     score by module type (the analysis plots read this)."""
     dropped, grown, scores_by_type = [], [], {}
@@ -54,8 +55,14 @@ class LossSpikeWatch:
 
     def event(self, event: int, step: int) -> None:
         before = sum(self.recent) / len(self.recent) if self.recent else float("nan")
-        self.open = {"event": event, "event_step": step, "loss_before": before, "peak_loss": float("-inf"),
-                     "peak_step": step, "recovery_steps": None}
+        self.open = {
+            "event": event,
+            "event_step": step,
+            "loss_before": before,
+            "peak_loss": float("-inf"),
+            "peak_step": step,
+            "recovery_steps": None,
+        }
         self.after = []
 
     def observe(self, step: int, loss: float) -> dict[str, Any] | None:
@@ -66,7 +73,7 @@ class LossSpikeWatch:
         self.after.append(loss)
         if loss > self.open["peak_loss"]:
             self.open["peak_loss"], self.open["peak_step"] = loss, step
-        tail = self.after[-self.smooth:]
+        tail = self.after[-self.smooth :]
         if len(tail) == self.smooth and sum(tail) / self.smooth < self.open["loss_before"]:
             self.open["recovery_steps"] = step - self.open["event_step"]
             return self.close()

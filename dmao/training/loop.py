@@ -34,8 +34,14 @@ from dmao.model import CTCModel
 from dmao.realloc import EventReport, Reallocator
 from dmao.training import checkpoint as ckpt
 from dmao.training.config import RunConfig
-from dmao.training.distributed import (DistInfo, all_ranks_agree, assert_replicas_identical, barrier,
-                                       init_distributed, shutdown)
+from dmao.training.distributed import (
+    DistInfo,
+    all_ranks_agree,
+    assert_replicas_identical,
+    barrier,
+    init_distributed,
+    shutdown,
+)
 from dmao.training.events import LossSpikeWatch, event_record
 from dmao.training.lr import one_cycle_scheduler
 from dmao.training.metrics import MetricsLog, Progress
@@ -95,8 +101,9 @@ def tokenizer_from_files(files: dict[str, bytes]) -> Tokenizer:
         return load_tokenizer(tmp)
 
 
-def model_from_checkpoint(state: dict[str, Any], device: torch.device | str = "cpu") -> tuple[CTCModel, Tokenizer,
-                                                                                               RunConfig]:
+def model_from_checkpoint(
+    state: dict[str, Any], device: torch.device | str = "cpu"
+) -> tuple[CTCModel, Tokenizer, RunConfig]:
     """Rebuild the model from the checkpoint's own layout (re-allocated models included) and load its weights."""
     from dmao.config import from_dict
 
@@ -137,8 +144,10 @@ class Trainer:
     def _resume_state(self) -> dict[str, Any] | None:
         existing = ckpt.list_checkpoints(self.ckpt_dir)
         if existing and not self.cfg.resume:
-            raise TrainingError(f"{self.run_dir} already holds checkpoints; pass resume=true to continue that run, or "
-                                f"choose another out_dir=...")
+            raise TrainingError(
+                f"{self.run_dir} already holds checkpoints; pass resume=true to continue that run, or "
+                f"choose another out_dir=..."
+            )
         if not self.cfg.resume:
             return None
         if not existing:
@@ -155,8 +164,12 @@ class Trainer:
             if directory.exists():
                 shutil.rmtree(directory)
             bpe = self.cfg.data.tokenizer == "bpe"
-            build_tokenizer(self.cfg.data.tokenizer, train_texts, directory,
-                            vocab_size=self.cfg.data.bpe_vocab_size if bpe else None)
+            build_tokenizer(
+                self.cfg.data.tokenizer,
+                train_texts,
+                directory,
+                vocab_size=self.cfg.data.bpe_vocab_size if bpe else None,
+            )
         barrier(self.dist)
         return load_tokenizer(directory)
 
@@ -175,17 +188,23 @@ class Trainer:
         self.tokenizer = self._prepare_tokenizer([c.supervisions[0].text for c in self.splits["train"]], state)
         layout = Layout.from_dict(state["layout"]) if state else None
         self.model = CTCModel(cfg.model, self.tokenizer.vocab_size, layout=layout).to(self.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.peak_lr, betas=cfg.train.betas,
-                                           weight_decay=cfg.train.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.train.peak_lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay
+        )
         t = cfg.train
-        self.scheduler = one_cycle_scheduler(self.optimizer, t.steps, t.initial_lr_ratio, t.warmup_fraction,
-                                             t.decay_fraction, t.final_lr_ratio)
+        self.scheduler = one_cycle_scheduler(
+            self.optimizer, t.steps, t.initial_lr_ratio, t.warmup_fraction, t.decay_fraction, t.final_lr_ratio
+        )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
         shard = {"world_size": self.dist.world_size, "rank": self.dist.rank} if self.dist.enabled else {}
-        self.sampler = ResumableSampler(self.splits["train"], cfg.data.max_duration, cfg.data.num_buckets,
-                                        seed=cfg.train.seed, **shard)
-        self.engine = (Reallocator(self.model.resizable_modules(), cfg.dmao, total_steps=t.steps, seed=t.seed)
-                       if cfg.dmao.enabled else None)
+        self.sampler = ResumableSampler(
+            self.splits["train"], cfg.data.max_duration, cfg.data.num_buckets, seed=cfg.train.seed, **shard
+        )
+        self.engine = (
+            Reallocator(self.model.resizable_modules(), cfg.dmao, total_steps=t.steps, seed=t.seed)
+            if cfg.dmao.enabled
+            else None
+        )
         self.spike_watch = LossSpikeWatch()
         if state is not None:
             self._load_state(state)
@@ -194,8 +213,11 @@ class Trainer:
             save_yaml(cfg, self.run_dir / "config.yaml")
             self.metrics = MetricsLog(self.run_dir)
             counts = self.model.parameter_counts()
-            log.info("model: %s parameters (%s)", f"{counts['total']:,}",
-                     ", ".join(f"{k} {v:,}" for k, v in counts.items() if k != "total"))
+            log.info(
+                "model: %s parameters (%s)",
+                f"{counts['total']:,}",
+                ", ".join(f"{k} {v:,}" for k, v in counts.items() if k != "total"),
+            )
             log.info("layout:\n%s", self.model.layout().table())
 
     def _wrap(self, model: CTCModel) -> torch.nn.Module:
@@ -259,10 +281,15 @@ class Trainer:
         workers = self.cfg.data.num_workers
         # Its own generator: worker seeding must not draw from the global RNG that dropout and SpecAugment use,
         # or a resumed run would see a shifted random stream.
-        return torch.utils.data.DataLoader(AudioBatchDataset(self.tokenizer), sampler=self.sampler, batch_size=None,
-                                           num_workers=workers, prefetch_factor=4 if workers else None,
-                                           persistent_workers=False,
-                                           generator=torch.Generator().manual_seed(self.cfg.train.seed))
+        return torch.utils.data.DataLoader(
+            AudioBatchDataset(self.tokenizer),
+            sampler=self.sampler,
+            batch_size=None,
+            num_workers=workers,
+            prefetch_factor=4 if workers else None,
+            persistent_workers=False,
+            generator=torch.Generator().manual_seed(self.cfg.train.seed),
+        )
 
     def _train_step(self, batch: AudioBatch) -> tuple[float, float] | None:
         """One optimizer step; returns (loss, grad norm), or None when the batch was skipped as non-finite. An fp16
@@ -301,14 +328,18 @@ class Trainer:
     def _on_bad_step(self, batch: AudioBatch, progress: Progress) -> None:
         self.bad_steps_in_row += 1
         self.bad_steps_total += 1
-        message = (f"step {self.step + 1}: non-finite loss or gradient, batch skipped "
-                   f"({self.bad_steps_in_row} in a row; cuts {', '.join(batch.cut_ids[:4])}...)")
+        message = (
+            f"step {self.step + 1}: non-finite loss or gradient, batch skipped "
+            f"({self.bad_steps_in_row} in a row; cuts {', '.join(batch.cut_ids[:4])}...)"
+        )
         progress.write(message)
         log.warning(message)
         if self.bad_steps_in_row >= self.cfg.train.max_bad_steps:
-            raise TrainingError(f"{self.bad_steps_in_row} consecutive batches had a non-finite loss or gradient "
-                                f"(max_bad_steps={self.cfg.train.max_bad_steps}); stopping. The last good checkpoint "
-                                f"is in {self.ckpt_dir}. Lower train.peak_lr or check the data.")
+            raise TrainingError(
+                f"{self.bad_steps_in_row} consecutive batches had a non-finite loss or gradient "
+                f"(max_bad_steps={self.cfg.train.max_bad_steps}); stopping. The last good checkpoint "
+                f"is in {self.ckpt_dir}. Lower train.peak_lr or check the data."
+            )
 
     def _reallocate(self, progress: Progress) -> EventReport:
         """A grow-and-drop event after this step's update; then rebuild what held the old parameters."""
@@ -318,12 +349,19 @@ class Trainer:
         assert_replicas_identical(self.dist, self.model, self.device)
         self.spike_watch.event(report.event, self.step)
         if self.dist.is_main:
-            self.metrics.write("event", self.step, **event_record(report, layout_before, self.model.layout(),
-                                                                  self.spike_watch.loss_before))
+            self.metrics.write(
+                "event",
+                self.step,
+                **event_record(report, layout_before, self.model.layout(), self.spike_watch.loss_before),
+            )
             progress.write(report.summary())
             progress.write("layout after the event:\n" + self.model.layout().table())
-            log.info("%s\nlayout before:\n%s\nlayout after:\n%s", report.summary(), layout_before.table(),
-                     self.model.layout().table())
+            log.info(
+                "%s\nlayout before:\n%s\nlayout after:\n%s",
+                report.summary(),
+                layout_before.table(),
+                self.model.layout().table(),
+            )
         return report
 
     def train(self) -> None:
@@ -356,8 +394,10 @@ class Trainer:
                     self.metrics.write("step_loss", self.step, loss=loss)
                 if recovery is not None and self.dist.is_main:
                     self.metrics.write("event_recovery", self.step, **recovery)
-                    progress.write(f"event {recovery['event']}: loss {recovery['loss_before']:.2f} before, peak "
-                                   f"{recovery['peak_loss']:.2f}, back below after {recovery['recovery_steps']} steps")
+                    progress.write(
+                        f"event {recovery['event']}: loss {recovery['loss_before']:.2f} before, peak "
+                        f"{recovery['peak_loss']:.2f}, back below after {recovery['recovery_steps']} steps"
+                    )
                 if self.engine is not None and self.engine.due(self.step):
                     self._reallocate(progress)
                 window_loss += loss
@@ -367,10 +407,17 @@ class Trainer:
                 progress.update(1, batch.seconds * self.dist.world_size, loss, lr)
                 if self.dist.is_main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                     elapsed = time.monotonic() - window_start
-                    self.metrics.write("train", self.step, loss=window_loss / window_steps, lr=lr,
-                                       grad_norm=grad_norm, audio_seconds_per_second=window_seconds / elapsed,
-                                       epoch=batch.epoch, bad_steps_total=self.bad_steps_total,
-                                       fp16_overflows=self.fp16_overflows)
+                    self.metrics.write(
+                        "train",
+                        self.step,
+                        loss=window_loss / window_steps,
+                        lr=lr,
+                        grad_norm=grad_norm,
+                        audio_seconds_per_second=window_seconds / elapsed,
+                        epoch=batch.epoch,
+                        bad_steps_total=self.bad_steps_total,
+                        fp16_overflows=self.fp16_overflows,
+                    )
                     window_loss, window_seconds, window_steps, window_start = 0.0, 0.0, 0, time.monotonic()
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save()
@@ -392,13 +439,21 @@ class Trainer:
             if split not in self.splits:
                 log.warning("no %r split in corpus %r; not evaluated", split, self.cfg.data.corpus)
                 continue
-            score, transcripts, skipped = evaluate(self.model, self.splits[split], self.tokenizer,
-                                                   self.cfg.train.eval_max_duration, self.amp_dtype)
+            score, transcripts, skipped = evaluate(
+                self.model, self.splits[split], self.tokenizer, self.cfg.train.eval_max_duration, self.amp_dtype
+            )
             write_transcripts(self.run_dir / f"hyp_{split}.txt", transcripts)
             for reason in skipped:
                 log.warning("%s: skipped unreadable audio: %s", split, reason)
-            self.metrics.write("eval", self.step, split=split, wer=score.wer, cer=score.cer,
-                               utterances=len(transcripts), skipped=len(skipped))
+            self.metrics.write(
+                "eval",
+                self.step,
+                split=split,
+                wer=score.wer,
+                cer=score.cer,
+                utterances=len(transcripts),
+                skipped=len(skipped),
+            )
             scores[split] = score
         return scores
 
@@ -432,4 +487,3 @@ def run_training(cfg: RunConfig) -> TrainResult:
     finally:
         trainer.close()
     return TrainResult(trainer.run_dir, trainer.step, scores, time.monotonic() - started)
-

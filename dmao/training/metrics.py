@@ -44,8 +44,16 @@ class Progress:
 
     def __init__(self, total: int, initial: int, enabled: bool) -> None:
         interactive = sys.stderr.isatty()
-        self.bar = tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True,
-                        mininterval=0.5 if interactive else 15.0, file=sys.stderr, desc="train")
+        self.bar = tqdm(
+            total=total,
+            initial=initial,
+            disable=not enabled,
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=0.5 if interactive else 15.0,
+            file=sys.stderr,
+            desc="train",
+        )
         self.audio_seconds = 0.0
         self.started = time.monotonic()
 

@@ -1,5 +1,4 @@
 import pytest
-
 from analysis_fakes import FakeRun, make_fake_run
 
 

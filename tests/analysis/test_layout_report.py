@@ -1,12 +1,11 @@
 import re
 
 import pytest
+from analysis_fakes import CHECKPOINT_STEP
 
 from dmao.analysis.report import layout_report
 from dmao.model import CTCModel
 from dmao.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-
-from analysis_fakes import CHECKPOINT_STEP
 
 D_MODEL, FF_UNITS, HEAD_DIM = 32, 64, 16  # the fake run's sizes; a group = 64 FFN units, one head = 16 dims
 

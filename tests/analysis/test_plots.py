@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
+from analysis_fakes import CHECKPOINT_STEP, train_records
 from PIL import Image
 
 from dmao.analysis.plots import plot_run
 from dmao.training.checkpoint import load_checkpoint, save_checkpoint
-
-from analysis_fakes import CHECKPOINT_STEP, train_records
 
 
 def check_image(path, min_width=600, min_height=400):
@@ -49,8 +48,17 @@ def test_errors_name_the_path(fake_run, tmp_path):
     fake_run.metrics_path.unlink()
     with pytest.raises(FileNotFoundError, match=str(fake_run.metrics_path)):
         plot_run(fake_run.run_dir)
-    fake_run.write_records([*train_records(range(5, 16, 5)), {"kind": "event", "step": 10, "event": 1,
-                                                              "layout_before": fake_run.start.to_dict(),
-                                                              "layout_after": fake_run.final.to_dict()}])
+    fake_run.write_records(
+        [
+            *train_records(range(5, 16, 5)),
+            {
+                "kind": "event",
+                "step": 10,
+                "event": 1,
+                "layout_before": fake_run.start.to_dict(),
+                "layout_after": fake_run.final.to_dict(),
+            },
+        ]
+    )
     with pytest.raises(ValueError, match=f"{fake_run.metrics_path}: event 1 at step 10 has no 'scores'"):
         plot_run(fake_run.run_dir)

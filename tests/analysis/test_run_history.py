@@ -1,10 +1,9 @@
 import pytest
+from analysis_fakes import CHECKPOINT_STEP, event_record, train_records
 
 from dmao.analysis.run import load_run, superseded_removed
 from dmao.config import ConfigError
 from dmao.training.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint
-
-from analysis_fakes import CHECKPOINT_STEP, event_record, train_records
 
 
 def test_layouts_come_from_config_and_newest_checkpoint(fake_run):
@@ -55,12 +54,17 @@ def test_no_events_means_initial_equals_final(fake_run):
 def test_resumed_run_records_replace_the_crashed_ones():
     crashed = [{"kind": "train", "step": s, "loss": 1.0} for s in (10, 20, 30)]
     crashed += [{"kind": "event", "step": 25, "event": 1}, {"kind": "train", "step": 40, "loss": 1.0}]
-    resumed = [{"kind": "train", "step": s, "loss": 2.0} for s in (30, 40)] + [{"kind": "event", "step": 25, "event": 1,
-                                                                                 "again": True}]
+    resumed = [{"kind": "train", "step": s, "loss": 2.0} for s in (30, 40)] + [
+        {"kind": "event", "step": 25, "event": 1, "again": True}
+    ]
     evals = [{"kind": "eval", "step": 50, "split": "dev"}, {"kind": "eval", "step": 50, "split": "test"}]
     kept = superseded_removed(crashed + resumed + evals)
-    assert [(r["step"], r["loss"]) for r in kept if r["kind"] == "train"] == [(10, 1.0), (20, 1.0), (30, 2.0),
-                                                                             (40, 2.0)]
+    assert [(r["step"], r["loss"]) for r in kept if r["kind"] == "train"] == [
+        (10, 1.0),
+        (20, 1.0),
+        (30, 2.0),
+        (40, 2.0),
+    ]
     assert [r.get("again") for r in kept if r["kind"] == "event"] == [True]
     assert [r["split"] for r in kept if r["kind"] == "eval"] == ["dev", "test"]  # same step, different series
 

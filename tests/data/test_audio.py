@@ -39,9 +39,7 @@ def test_fsdd_8khz_speech_upsampled_to_16khz(name):
     # Below the old Nyquist frequency the spectrum is kept (the filter rolls off in the last ~10 % before 4 kHz);
     # above it there is (almost) nothing: no spectral images.
     edges = np.arange(0, 3501, 250)
-    np.testing.assert_allclose(
-        _band_powers(upsampled, 16000, edges), _band_powers(original, 8000, edges), rtol=0.05
-    )
+    np.testing.assert_allclose(_band_powers(upsampled, 16000, edges), _band_powers(original, 8000, edges), rtol=0.05)
     above = _band_powers(upsampled, 16000, np.array([4100, 8001]))[0]
     assert above < 0.01 * _band_powers(upsampled, 16000, np.array([0, 8001]))[0]
 

@@ -43,42 +43,70 @@ def test_bad_limits_name_the_argument(min_words, max_words, field):
         sentence_pool.__wrapped__(min_words, max_words)
 
 
-@pytest.mark.parametrize("sentence, expected", [
-    ('The "if" statement is used for *conditional* execution.',
-     ["The", "if", "statement", "is", "used", "for", "conditional", "execution"]),
-    ("Don\u2019t panic; it's (mostly) built-in.",
-     ["Don't", "panic", ";", "it's", "(", "mostly", ")", "built-in"]),
-    ("A list, I think?", ["A", "list", ",", "I", "think"]),
-])
+@pytest.mark.parametrize(
+    "sentence, expected",
+    [
+        (
+            'The "if" statement is used for *conditional* execution.',
+            ["The", "if", "statement", "is", "used", "for", "conditional", "execution"],
+        ),
+        ("Don\u2019t panic; it's (mostly) built-in.", ["Don't", "panic", ";", "it's", "(", "mostly", ")", "built-in"]),
+        ("A list, I think?", ["A", "list", ",", "I", "think"]),
+    ],
+)
 def test_plain_prose_is_kept(sentence, expected):
     tokens, final_mark = _speakable_tokens(sentence)
     assert tokens == expected
     assert final_mark == sentence[-1]
 
 
-@pytest.mark.parametrize("sentence", [
-    "Call f(x) to get the value.",  # code
-    "Use __init__ for this.",  # identifier
-    "It holds 3 items.",  # digits
-    "See os.path for details.",  # dotted name
-    "The ASCII table is fixed.",  # acronym, spelled out by espeak
-    "The OrderedDict class remembers order.",  # CamelCase
-    "Let x be the input.",  # single letter
-    "Convert it to str first.",  # no vowel
-    "Numbers, strings, etc are values.",  # abbreviation
-    "The value -- if any -- is kept.",  # a lone dash
-    "Return the value",  # no final mark: a heading or a fragment
-])
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "Call f(x) to get the value.",  # code
+        "Use __init__ for this.",  # identifier
+        "It holds 3 items.",  # digits
+        "See os.path for details.",  # dotted name
+        "The ASCII table is fixed.",  # acronym, spelled out by espeak
+        "The OrderedDict class remembers order.",  # CamelCase
+        "Let x be the input.",  # single letter
+        "Convert it to str first.",  # no vowel
+        "Numbers, strings, etc are values.",  # abbreviation
+        "The value -- if any -- is kept.",  # a lone dash
+        "Return the value",  # no final mark: a heading or a fragment
+    ],
+)
 def test_code_and_unspeakable_text_is_dropped(sentence):
     assert _speakable_tokens(sentence) is None
 
 
 def test_long_sentences_are_cut_at_clause_marks():
-    tokens = "one two three , four five six ; seven eight nine ten eleven twelve thirteen , fourteen".split()
+    tokens = [
+        "one",
+        "two",
+        "three",
+        ",",
+        "four",
+        "five",
+        "six",
+        ";",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "eleven",
+        "twelve",
+        "thirteen",
+        ",",
+        "fourteen",
+    ]
     # clauses of 3, 3, 7 and 1 words: at most 6 per piece; the 7-word clause cannot fit and is dropped
     assert _pieces(tokens, "?", 2, 6) == ["one two three, four five six."]
-    assert _pieces(tokens, "?", 1, 7) == ["one two three, four five six.", "seven eight nine ten eleven twelve "
-                                          "thirteen.", "fourteen?"]
+    assert _pieces(tokens, "?", 1, 7) == [
+        "one two three, four five six.",
+        "seven eight nine ten eleven twelve thirteen.",
+        "fourteen?",
+    ]
     # hyphenated words count as the words of their transcript
     assert _pieces(["a", "built-in", "one"], ".", 4, 4) == ["a built-in one."]
     assert _pieces(["a", "built-in", "one"], ".", 1, 3) == []

@@ -96,10 +96,24 @@ def test_cache_is_reused_and_keyed_by_every_recipe_field(built, tmp_path, monkey
     monkeypatch.setattr(synth, "_render", lambda *args: pytest.fail("a cached corpus was rebuilt"))
     assert synthesize_corpus(TINY, root, num_jobs=1, progress=False) == built
     assert [p.name for p in root.iterdir()] == [built["train"].parent.name]  # no partial directory left
-    changes = {"train_hours": 0.5, "dev_minutes": 2.0, "test_minutes": 2.0, "min_words": 4, "max_words": 12,
-               "snr_db": (10.0, 30.0), "seed": 4, "rate_wpm": (150, 200), "pitch": (30, 70), "pitch_range": (30, 70),
-               "level_dbfs": (-30.0, -20.0), "noise_slope": (0.0, 1.0), "test_variant_share": 0.2,
-               "dev_variant_share": 0.2, "test_sentence_share": 0.2, "dev_sentence_share": 0.2}
+    changes = {
+        "train_hours": 0.5,
+        "dev_minutes": 2.0,
+        "test_minutes": 2.0,
+        "min_words": 4,
+        "max_words": 12,
+        "snr_db": (10.0, 30.0),
+        "seed": 4,
+        "rate_wpm": (150, 200),
+        "pitch": (30, 70),
+        "pitch_range": (30, 70),
+        "level_dbfs": (-30.0, -20.0),
+        "noise_slope": (0.0, 1.0),
+        "test_variant_share": 0.2,
+        "dev_variant_share": 0.2,
+        "test_sentence_share": 0.2,
+        "dev_sentence_share": 0.2,
+    }
     assert changes.keys() == {f.name for f in dataclasses.fields(SynthConfig)}  # a new field must be covered here
     directories = {corpus_dir(dataclasses.replace(TINY, **{k: v}), tmp_path) for k, v in changes.items()}
     directories.add(corpus_dir(TINY, tmp_path))
@@ -146,11 +160,21 @@ def test_silent_and_failing_utterances_are_skipped_and_counted(tmp_path, monkeyp
     assert skipped == {"silent": 1, "failed": 1}
 
 
-@pytest.mark.parametrize("field, value", [
-    ("train_hours", 0.0), ("max_words", 2), ("snr_db", (40.0, 20.0)), ("snr_db", 5.0), ("rate_wpm", (50, 200)),
-    ("pitch", (0, 101)), ("level_dbfs", (-20.0, 3.0)), ("test_variant_share", 0.0), ("dev_sentence_share", 0.95),
-    ("seed", -1),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("train_hours", 0.0),
+        ("max_words", 2),
+        ("snr_db", (40.0, 20.0)),
+        ("snr_db", 5.0),
+        ("rate_wpm", (50, 200)),
+        ("pitch", (0, 101)),
+        ("level_dbfs", (-20.0, 3.0)),
+        ("test_variant_share", 0.0),
+        ("dev_sentence_share", 0.95),
+        ("seed", -1),
+    ],
+)
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         SynthConfig(**{field: value})
@@ -193,16 +217,19 @@ def test_noise_spectrum_falls_with_the_slope(slope):
 def test_vocabulary_first_order_matches_plain_greedy():
     rng = np.random.default_rng(0)
     words = [f"w{i}" for i in range(30)]
-    sentences = [Sentence(spoken="", transcript=" ".join(rng.choice(words, size=rng.integers(1, 6))))
-                 for _ in range(60)]
+    sentences = [
+        Sentence(spoken="", transcript=" ".join(rng.choice(words, size=rng.integers(1, 6)))) for _ in range(60)
+    ]
     ties = np.random.default_rng(9).random(len(sentences))
     # reference: recompute every share at every step, take the highest (smallest tie key on equal shares)
     seen: set[str] = set()
     remaining, expected = list(range(len(sentences))), []
     while remaining:
+
         def key(i):
             tokens = sentences[i].transcript.split()
             return (-sum(w not in seen for w in tokens) / len(tokens), ties[i])
+
         best = min(remaining, key=key)
         expected.append(best)
         remaining.remove(best)

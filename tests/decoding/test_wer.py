@@ -18,7 +18,7 @@ def _levenshtein(a: list, b: list) -> int:
 
 
 def test_hand_worked_cat_sat_on_the_mat():
-    ref, hyp = "the cat sat on the mat".split(), "the cat sit on mat the".split()
+    ref, hyp = ["the", "cat", "sat", "on", "the", "mat"], ["the", "cat", "sit", "on", "mat", "the"]
     # sat->sit, then "the mat" vs "mat the" costs 2 either way (two substitutions, or a deletion plus an
     # insertion); read back from the end, substitutions are preferred.
     assert edit_counts(ref, hyp) == ErrorCounts(subs=3, dels=0, ins=0, ref_len=6)
@@ -27,10 +27,10 @@ def test_hand_worked_cat_sat_on_the_mat():
 
 def test_hand_worked_unique_deletion_and_insertion():
     # "a b c d" -> "a c d e": only one minimal alignment, delete b and insert e.
-    assert edit_counts("a b c d".split(), "a c d e".split()) == ErrorCounts(subs=0, dels=1, ins=1, ref_len=4)
+    assert edit_counts(["a", "b", "c", "d"], ["a", "c", "d", "e"]) == ErrorCounts(subs=0, dels=1, ins=1, ref_len=4)
     # Only deletions / only insertions.
-    assert edit_counts("a b c".split(), "b".split()) == ErrorCounts(dels=2, ref_len=3)
-    assert edit_counts("b".split(), "a b c".split()) == ErrorCounts(ins=2, ref_len=1)
+    assert edit_counts(["a", "b", "c"], ["b"]) == ErrorCounts(dels=2, ref_len=3)
+    assert edit_counts(["b"], ["a", "b", "c"]) == ErrorCounts(ins=2, ref_len=1)
     assert edit_counts(list("kitten"), list("sitting")) == ErrorCounts(subs=2, ins=1, ref_len=6)
 
 

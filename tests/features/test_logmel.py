@@ -42,8 +42,14 @@ def test_filterbank_matches_librosa():
     for cfg in (LogMelConfig(), LogMelConfig(n_fft=400), LogMelConfig(num_mels=40, f_min=20.0, f_max=7600.0)):
         ours = mel_filterbank(cfg).numpy()
         ref = librosa.filters.mel(
-            sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.num_mels, fmin=cfg.f_min, fmax=cfg.f_max,
-            htk=True, norm=None, dtype=np.float64,
+            sr=cfg.sample_rate,
+            n_fft=cfg.n_fft,
+            n_mels=cfg.num_mels,
+            fmin=cfg.f_min,
+            fmax=cfg.f_max,
+            htk=True,
+            norm=None,
+            dtype=np.float64,
         )
         np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-12)
 

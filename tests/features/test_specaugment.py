@@ -28,8 +28,9 @@ def test_eval_mode_is_identity():
 
 
 def test_single_masks_respect_width_bounds_and_lengths():
-    cfg = SpecAugmentConfig(num_time_masks=1, max_time_mask_width=10, max_time_mask_ratio=0.5,
-                            num_freq_masks=1, max_freq_mask_width=7)
+    cfg = SpecAugmentConfig(
+        num_time_masks=1, max_time_mask_width=10, max_time_mask_ratio=0.5, num_freq_masks=1, max_freq_mask_width=7
+    )
     augment = SpecAugment(cfg)
     lengths = torch.tensor([200, 12, 3, 0, 60])
     torch.manual_seed(0)

@@ -46,9 +46,7 @@ def test_masked_batch_norm_keeps_bf16_and_computes_statistics_in_float32() -> No
 def test_convolution_matches_hand_computation(norm: str) -> None:
     torch.manual_seed(0)
     channels, kernel = 6, 5
-    module = Convolution(
-        ConvolutionConfig(d_model=8, group_size=3, num_groups=2, kernel_size=kernel, norm=norm)
-    ).eval()
+    module = Convolution(ConvolutionConfig(d_model=8, group_size=3, num_groups=2, kernel_size=kernel, norm=norm)).eval()
     with torch.no_grad():
         module.norm.weight.uniform_(0.5, 1.5)
         module.norm.bias.normal_()

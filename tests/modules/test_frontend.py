@@ -31,7 +31,7 @@ def test_an_utterance_alone_equals_it_padded_in_a_batch() -> None:
     batch = torch.cat([torch.cat([short, 1e3 * torch.randn(1, 8, 16)], dim=1), long])
     mask = torch.arange(21)[None, :] < torch.tensor([[13], [21]])
     out, out_mask = frontend(batch, mask)
-    alone, alone_mask = frontend(short, torch.ones(1, 13, dtype=torch.bool))
+    alone, _ = frontend(short, torch.ones(1, 13, dtype=torch.bool))
     assert alone.shape[1] == out_mask[0].sum() == 3  # 13 // 2 // 2
     torch.testing.assert_close(out[:1, :3], alone, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out[1:], frontend(long, torch.ones(1, 21, dtype=torch.bool))[0], rtol=1e-5, atol=1e-5)

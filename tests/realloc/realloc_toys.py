@@ -117,17 +117,19 @@ class ToyNet(nn.Module):
     def __init__(self, counts: list[dict[str, int]], d: int = 8, gated: bool = False) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            nn.ModuleDict({
-                "ff1": ToyMLP(d, layer["ff1"], unit=4, gated=gated),
-                "mhsa": ToyHeads(d, layer["mhsa"], head_dim=2),
-                "conv": ToyGLU(d, layer["conv"], unit=2),
-            })
+            nn.ModuleDict(
+                {
+                    "ff1": ToyMLP(d, layer["ff1"], unit=4, gated=gated),
+                    "mhsa": ToyHeads(d, layer["mhsa"], head_dim=2),
+                    "conv": ToyGLU(d, layer["conv"], unit=2),
+                }
+            )
             for layer in counts
         )
         self.head = nn.Linear(d, 1)
 
     @staticmethod
-    def uniform(num_layers: int, **kwargs) -> "ToyNet":
+    def uniform(num_layers: int, **kwargs) -> ToyNet:
         return ToyNet([{"ff1": 3, "mhsa": 2, "conv": 3} for _ in range(num_layers)], **kwargs)
 
     def resizable_modules(self) -> dict[str, nn.Module]:

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from dmao.realloc import GrowConfig, ReallocConfig, Reallocator, ScheduleConfig, ScoreConfig
+from dmao.realloc import GrowConfig, Reallocator, ReallocConfig, ScheduleConfig, ScoreConfig
 
 
 def rank_main(rank: int, world_size: int, init_file: str, out_dir: str, test_dir: str) -> None:
@@ -33,8 +33,10 @@ def rank_main(rank: int, world_size: int, init_file: str, out_dir: str, test_dir
             if engine.due(step):
                 engine.reallocate(step, optimizer)
         # Only the parameters: batch-norm statistics follow each rank's own data.
-        torch.save({"counts": net.counts(), "params": dict(net.named_parameters()), "scores": local_scores},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(
+            {"counts": net.counts(), "params": dict(net.named_parameters()), "scores": local_scores},
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )
     finally:
         dist.destroy_process_group()
 

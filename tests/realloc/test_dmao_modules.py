@@ -17,7 +17,7 @@ from dmao.modules import (
     SelfAttentionConfig,
 )
 from dmao.modules.frontend import FrontendConfig
-from dmao.realloc import GrowConfig, ReallocConfig, Reallocator, ScheduleConfig, ScoreConfig, contract_deviations
+from dmao.realloc import GrowConfig, Reallocator, ReallocConfig, ScheduleConfig, ScoreConfig, contract_deviations
 from dmao.realloc.groups import group_cost
 
 D = 16
@@ -51,8 +51,9 @@ def test_independent_groups_are_exact(kind):
 
 
 SPANNING = {
-    "conv_layer": lambda n: Convolution(ConvolutionConfig(num_groups=n, d_model=D, group_size=4, kernel_size=5,
-                                                          norm="layer")),
+    "conv_layer": lambda n: Convolution(
+        ConvolutionConfig(num_groups=n, d_model=D, group_size=4, kernel_size=5, norm="layer")
+    ),
     "cgmlp": lambda n: CgMLP(CgMLPConfig(num_groups=n, d_model=D, group_size=4, kernel_size=5)),
 }
 
@@ -76,8 +77,16 @@ def test_a_layer_norm_across_groups_makes_the_invariants_approximate(kind, num_g
 def small_model(block_type: str, layout: Layout | None = None) -> CTCModel:
     cfg = ModelConfig(
         frontend=FrontendConfig(channels=(4, 4, 4, 4), freq_pooling=(2, 2)),
-        encoder=EncoderConfig(block_type=block_type, num_layers=2, d_model=16, head_dim=4, conv_kernel_size=5,
-                              merge_kernel_size=5, dropout=0.0, att_dropout=0.0),
+        encoder=EncoderConfig(
+            block_type=block_type,
+            num_layers=2,
+            d_model=16,
+            head_dim=4,
+            conv_kernel_size=5,
+            merge_kernel_size=5,
+            dropout=0.0,
+            att_dropout=0.0,
+        ),
         final_dropout=0.0,
     )
     return CTCModel(cfg, vocab_size=6, layout=layout)
@@ -123,11 +132,16 @@ def test_an_event_on_the_ctc_model(block_type):
         selection = report.plan.modules[name].selection
         for slot, group in enumerate(selection):
             if group not in selection[:slot]:
-                torch.testing.assert_close(after[slot * unit:(slot + 1) * unit],
-                                           moments[name][group * unit:(group + 1) * unit], rtol=0, atol=0)
+                torch.testing.assert_close(
+                    after[slot * unit : (slot + 1) * unit],
+                    moments[name][group * unit : (group + 1) * unit],
+                    rtol=0,
+                    atol=0,
+                )
     # The model's layout follows the modules; the parameter total moved by less than one group.
-    assert {f"encoder.layers.{i}.{k}": v for i, layer in enumerate(model.layout().layers) for k, v in layer.items()} \
-        == report.groups_after
+    assert {
+        f"encoder.layers.{i}.{k}": v for i, layer in enumerate(model.layout().layers) for k, v in layer.items()
+    } == report.groups_after
     assert abs(sum(p.numel() for p in model.parameters()) - total_before) <= max(costs.values())
     optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert optimized == {id(p) for p in model.parameters()}
@@ -139,5 +153,6 @@ def test_an_event_on_the_ctc_model(block_type):
     model.eval(), rebuilt.eval()
     audio = torch.randn(1, 4000)
     with torch.no_grad():
-        torch.testing.assert_close(rebuilt(audio, torch.tensor([4000]))[0], model(audio, torch.tensor([4000]))[0],
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(
+            rebuilt(audio, torch.tensor([4000]))[0], model(audio, torch.tensor([4000]))[0], rtol=0, atol=0
+        )

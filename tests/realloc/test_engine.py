@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from realloc_toys import ToyNet
 from torch import nn
 
 import dmao.realloc as realloc_package
-from dmao.realloc import EventReport, GrowConfig, ReallocConfig, Reallocator, ScheduleConfig, ScoreConfig
+from dmao.realloc import EventReport, GrowConfig, Reallocator, ReallocConfig, ScheduleConfig, ScoreConfig
 from dmao.realloc.groups import group_cost
-from realloc_toys import ToyNet
 
 TOTAL = 40
 
@@ -55,10 +55,16 @@ class Run:
                 self.reports.append(self.engine.reallocate(self.step, self.optimizer))
 
     def state(self) -> dict:
-        return copy.deepcopy({
-            "counts": self.net.counts(), "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "engine": self.engine.state_dict(), "step": self.step,
-        })
+        return copy.deepcopy(
+            {
+                "counts": self.net.counts(),
+                "model": self.net.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "engine": self.engine.state_dict(),
+                "step": self.step,
+            }
+        )
 
     @classmethod
     def resumed(cls, cfg: ReallocConfig, state: dict) -> "Run":
@@ -141,8 +147,9 @@ def test_an_emptied_module_never_regrows():
 def test_convergence_trigger_fires_on_a_stable_ranking_within_bounds():
     cfg = ReallocConfig(
         score=ScoreConfig(kind="magnitude", interval=2),
-        schedule=ScheduleConfig(trigger="convergence", min_fraction=0.2, max_fraction=0.6, rank_correlation=0.5,
-                                patience=2, delta=0.2),
+        schedule=ScheduleConfig(
+            trigger="convergence", min_fraction=0.2, max_fraction=0.6, rank_correlation=0.5, patience=2, delta=0.2
+        ),
     )
     run = Run(cfg)
     run.train(TOTAL)
@@ -168,8 +175,11 @@ def test_the_engine_imports_only_torch_the_standard_library_and_the_contract():
     allowed = ("torch", "dmao.realloc", "dmao.resizable", "__future__")
     for path in package.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module] if isinstance(node, ast.ImportFrom) else [])
+            )
             for name in names:
                 top = name.split(".")[0]
                 assert name.startswith(allowed) or (top in sys.stdlib_module_names and top != "dmao"), (path, name)

@@ -1,12 +1,12 @@
 import pytest
 import torch
+from realloc_toys import ToyGLU, ToyHeads, ToyMLP, ToyNet
 
 from dmao.realloc.contract import contract_deviations
 from dmao.realloc.executor import GrowConfig, execute_plan, resize_module
 from dmao.realloc.groups import module_type
 from dmao.realloc.planner import ModulePlan, Plan
 from dmao.resizable import GroupAxis
-from realloc_toys import ToyGLU, ToyHeads, ToyMLP, ToyNet
 
 EXACT = 1e-12  # float64 rounding
 
@@ -88,10 +88,10 @@ def test_random_growth_follows_the_init_rules():
     assert torch.equal(glu.norm.running_mean[fresh], torch.zeros(16))
     assert torch.equal(glu.norm.running_var[fresh], torch.ones(16))
     assert torch.equal(glu.norm.weight[fresh], torch.ones(16))
-    assert torch.equal(glu.pointwise_in.bias[80 + 48:80 + 64], torch.zeros(16))  # gate half of the fresh group
+    assert torch.equal(glu.pointwise_in.bias[80 + 48 : 80 + 64], torch.zeros(16))  # gate half of the fresh group
     drawn = glu.pointwise_in.weight.detach()[fresh]
     assert float(drawn.std()) == pytest.approx(std_in, rel=0.15)
-    assert not torch.allclose(drawn, glu.pointwise_in.weight[2 * 16:3 * 16])
+    assert not torch.allclose(drawn, glu.pointwise_in.weight[2 * 16 : 3 * 16])
 
 
 def test_copy_noise_perturbs_only_the_copy():
@@ -120,6 +120,7 @@ def test_growth_noise_is_seeded():
         mlp = toy("mlp")
         resize_module("l.ff1", mlp, [0, 1, 1, 2], GrowConfig(mode="random"), torch.Generator().manual_seed(seed))
         return mlp.linear_in.weight
+
     torch.testing.assert_close(grown(5), grown(5), rtol=0, atol=0)
     assert not torch.allclose(grown(5), grown(6))
 
@@ -159,8 +160,9 @@ def test_optimizer_state_moves_with_the_weights(copy_moments):
     old_w1 = {k: v.clone() for k, v in optimizer.state[w1].items()}
     old_out = {k: v.clone() for k, v in optimizer.state[w_out].items()}
     emptied = list(modules["layers.1.ff1"].parameters())  # ToyMLP deletes its parameters at zero groups
-    plan = plan_for(modules, {"layers.0.ff1": [0, 2, 2], "layers.1.mhsa": [1, 1], "layers.1.ff1": [],
-                              "layers.1.conv": []})  # ToyGLU keeps zero-size ones
+    plan = plan_for(
+        modules, {"layers.0.ff1": [0, 2, 2], "layers.1.mhsa": [1, 1], "layers.1.ff1": [], "layers.1.conv": []}
+    )  # ToyGLU keeps zero-size ones
     execute_plan(modules, plan, GrowConfig(copy_moments=copy_moments), optimizer)
 
     new_w1 = optimizer.state[modules["layers.0.ff1"].linear_in.weight]

@@ -1,9 +1,9 @@
 import pytest
+from realloc_toys import ToyGLU, ToyHeads, ToyMLP
 from torch import nn
 
 from dmao.realloc.groups import bind_axes, group_cost, module_type, parameter_count, require_resizable
 from dmao.resizable import GroupAxis
-from realloc_toys import ToyGLU, ToyHeads, ToyMLP
 
 
 def test_group_cost_spreads_module_wide_parameters():

@@ -66,7 +66,8 @@ def test_planner_properties_over_random_scores():
             if not module.selection:
                 assert not module.grown, "an emptied module does not grow"
             assert module.cost_after - module.cost_before == pytest.approx(
-                costs[name] * (len(module.grown) - len(module.dropped)))
+                costs[name] * (len(module.grown) - len(module.dropped))
+            )
 
 
 def test_planner_is_deterministic_with_ties():

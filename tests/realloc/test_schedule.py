@@ -89,7 +89,10 @@ def test_convergence_falls_back_to_the_upper_bound():
 def test_convergence_fires_when_the_loss_flattens():
     cfg = convergence(rank_correlation=None, loss_flatness=0.01, loss_window=50)
     schedule = EventSchedule(cfg, total_steps=1000, score_interval=20)
-    loss = lambda step: 10.0 - 0.02 * min(step, 300)  # falls until step 300, then flat
+
+    def loss(step):  # falls until step 300, then flat
+        return 10.0 - 0.02 * min(step, 300)
+
     step, reason = run(schedule, lambda s: [0.0, 1.0], losses=loss)
     # Reference: the first measurement step whose last 50 losses fit a line falling by < 1 % of their mean.
     for expected in range(100, 501, 20):

@@ -1,8 +1,8 @@
 import pytest
 import torch
+from realloc_toys import ToyHeads, ToyMLP
 
 from dmao.realloc.scores import ScoreConfig, ScoreTracker, gates_skipped
-from realloc_toys import ToyHeads, ToyMLP
 
 
 def with_random_grads(module, seed=0):
@@ -22,9 +22,9 @@ def hand_mlp_scores(module, value, weights):
     """Per group, the mean of value(w, g) over the hand-sliced elements of the named tensors."""
     u = module.unit
     slices = {
-        "w1": lambda t, g: t[g * u:(g + 1) * u, :],
-        "b1": lambda t, g: t[g * u:(g + 1) * u],
-        "w2": lambda t, g: t[:, g * u:(g + 1) * u],
+        "w1": lambda t, g: t[g * u : (g + 1) * u, :],
+        "b1": lambda t, g: t[g * u : (g + 1) * u],
+        "w2": lambda t, g: t[:, g * u : (g + 1) * u],
     }
     tensors = {"w1": module.linear_in.weight, "b1": module.linear_in.bias, "w2": module.linear_out.weight}
     result = []

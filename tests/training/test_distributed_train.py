@@ -16,9 +16,23 @@ from dmao.training import checkpoint as ckpt
 def test_two_rank_training_through_an_event(corpus_cache, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "dmao.cli",
-           "train", "smoke", f"out_dir={out}", f"data.cache_dir={corpus_cache}", "train.eval_splits=[]",
-           "train.threads=1", "data.max_duration=15", "data.max_utterance_seconds=10"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "dmao.cli",
+        "train",
+        "smoke",
+        f"out_dir={out}",
+        f"data.cache_dir={corpus_cache}",
+        "train.eval_splits=[]",
+        "train.threads=1",
+        "data.max_duration=15",
+        "data.max_utterance_seconds=10",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     # the trainer compares every rank's parameters with rank 0's after the event and at the end, and fails if not equal
     assert done.returncode == 0, done.stderr[-3000:]

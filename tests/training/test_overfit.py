@@ -22,11 +22,22 @@ def test_tiny_model_overfits_four_utterances(smoke_config):
     tokenizer = CharTokenizer.from_texts(c.supervisions[0].text for c in batch_cuts)
     batch = AudioBatchDataset(tokenizer)[(0, 0, batch_cuts)]
     torch.manual_seed(0)
-    cfg = from_dict(ModelConfig, {
-        "frontend": {"channels": [8, 8, 8, 8], "freq_pooling": [2, 2]},
-        "encoder": {"num_layers": 2, "d_model": 64, "head_dim": 16, "conv_kernel_size": 7, "dropout": 0.0,
-                    "att_dropout": 0.0},
-        "specaug": {"num_time_masks": 0, "num_freq_masks": 0}, "final_dropout": 0.0})
+    cfg = from_dict(
+        ModelConfig,
+        {
+            "frontend": {"channels": [8, 8, 8, 8], "freq_pooling": [2, 2]},
+            "encoder": {
+                "num_layers": 2,
+                "d_model": 64,
+                "head_dim": 16,
+                "conv_kernel_size": 7,
+                "dropout": 0.0,
+                "att_dropout": 0.0,
+            },
+            "specaug": {"num_time_masks": 0, "num_freq_masks": 0},
+            "final_dropout": 0.0,
+        },
+    )
     model = CTCModel(cfg, tokenizer.vocab_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []

@@ -25,7 +25,7 @@ def test_smoke_run_trains_logs_and_scores(trained_run):
     run = trained_run.run_dir
     assert trained_run.step == 12
     assert set(trained_run.scores) == {"dev", "test"}
-    assert all(0.0 <= s.wer and s.words.ref_len > 0 for s in trained_run.scores.values())
+    assert all(s.wer >= 0.0 and s.words.ref_len > 0 for s in trained_run.scores.values())
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in train] == [4, 8, 12]
@@ -112,8 +112,12 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(smoke_config, monkeypat
 def test_cli_eval_and_transcribe_load_the_checkpoint(trained_run, tmp_path, capsys):
     checkpoints = str(trained_run.run_dir / "checkpoints")
     state = ckpt.load_checkpoint(checkpoints)
-    assert len({tuple(layer.values()) for layer in state["layout"]["layers"]}) > 1 or \
-        state["layout"]["layers"][0] != {"ff1": 4, "mhsa": 4, "conv": 4, "ff2": 4}  # a re-allocated model
+    assert len({tuple(layer.values()) for layer in state["layout"]["layers"]}) > 1 or state["layout"]["layers"][0] != {
+        "ff1": 4,
+        "mhsa": 4,
+        "conv": 4,
+        "ff2": 4,
+    }  # a re-allocated model
     assert main(["eval", checkpoints, "--split", "dev"]) == 0
     table = capsys.readouterr().out
     assert "dev" in table and "WER" in table
@@ -142,8 +146,15 @@ def test_fp16_overflows_are_skipped_without_counting_as_bad(smoke_config, monkey
         return real_norm(tensors, *args, **kwargs) * (float("inf") if calls["n"] <= 3 else 1.0)
 
     monkeypatch.setattr(torch.nn.utils, "get_total_norm", overflowing_norm)
-    result = run_training(smoke_config("train.amp=fp16", "train.max_bad_steps=2", "train.eval_splits=[]",
-                                       "train.steps=6", "train.checkpoint_every=6"))
+    result = run_training(
+        smoke_config(
+            "train.amp=fp16",
+            "train.max_bad_steps=2",
+            "train.eval_splits=[]",
+            "train.steps=6",
+            "train.checkpoint_every=6",
+        )
+    )
     assert result.step == 6  # three overflows would have stopped the run had they counted as bad steps
     assert ckpt.load_checkpoint(result.run_dir / "checkpoints")["bad_steps_total"] == 0
     records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
