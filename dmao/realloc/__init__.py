@@ -5,7 +5,7 @@ re-allocated. The training loop drives a :class:`Reallocator`.
 """
 
 from dmao.realloc.contract import contract_deviations
-from dmao.realloc.engine import EventReport, Reallocator, ReallocConfig
+from dmao.realloc.engine import EventError, EventReport, Reallocator, ReallocConfig, check_budget
 from dmao.realloc.executor import GrowConfig, execute_plan, resize_module
 from dmao.realloc.groups import group_cost, module_type, parameter_count
 from dmao.realloc.optim_state import ParameterMove, move_optimizer_state
@@ -14,6 +14,7 @@ from dmao.realloc.schedule import EventSchedule, ScheduleConfig
 from dmao.realloc.scores import ScoreConfig, ScoreTracker
 
 __all__ = [
+    "EventError",
     "EventReport",
     "EventSchedule",
     "GrowConfig",
@@ -25,6 +26,7 @@ __all__ = [
     "ScheduleConfig",
     "ScoreConfig",
     "ScoreTracker",
+    "check_budget",
     "contract_deviations",
     "execute_plan",
     "group_cost",

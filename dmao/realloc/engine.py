@@ -2,10 +2,10 @@
 
 Per training step (``step`` counts from 1)::
 
-    engine.before_forward(step)              # learnable score: gates on or off for this step
-    loss = ...; loss.backward()              # (DDP all-reduce, AMP unscale, clipping)
+    engine.before_forward(step)              # learnable score: gates on or off (on for good after the last event)
+    loss = ...; loss.backward()              # (DDP all-reduces the gradients); AMP: scaler.unscale_(optimizer)
     engine.after_backward(step, loss_value)  # measures scores when one is due; reads .grad only
-    optimizer.step(); scheduler.step()
+    clip the gradients; optimizer.step(); scheduler.step()
     if engine.due(step):
         report = engine.reallocate(step, optimizer)
         # rebuild everything else that holds the old parameters: the DDP wrapper, a compiled module, an averaged
@@ -17,6 +17,8 @@ keeps working; the state moves with the weights). A ``GradScaler`` holds no para
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -27,10 +29,20 @@ import torch.distributed as dist
 from torch import nn
 
 from dmao.realloc.executor import GrowConfig, execute_plan
-from dmao.realloc.groups import group_cost, module_type, parameter_count, require_resizable
-from dmao.realloc.planner import Plan, plan_event, ranking_values, type_scales
+from dmao.realloc.groups import group_cost, module_type, parameter_count, require_resizable, single_group_cost
+from dmao.realloc.planner import (
+    TIE_WARNING_SHARE,
+    Plan,
+    largest_balanced_delta,
+    plan_event,
+    ranking_values,
+    type_scales,
+)
 from dmao.realloc.schedule import EventSchedule, ScheduleConfig
 from dmao.realloc.scores import ScoreConfig, ScoreTracker, step_seed
+from dmao.realloc.state import unpack_state
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,6 +93,31 @@ class EventReport:
         return "\n".join(lines)
 
 
+class EventError(RuntimeError):
+    """A re-allocation event could not be planned; the modules are as they were before it."""
+
+
+def check_budget(modules: Mapping[str, nn.Module], cfg: ScheduleConfig) -> None:
+    """Refuse a ``delta`` for which some event cannot balance for some ranking of the scores, naming the largest one
+    that always balances on these modules: a budget error found at the event would cost the whole run up to it."""
+    with_groups = [m for m in modules.values() if m.num_groups > 0]
+    total = parameter_count(modules)
+    dearest = max((single_group_cost(m) for m in with_groups), default=0.0)
+    limit = largest_balanced_delta(float(total), dearest, cfg.num_events)
+    if cfg.delta >= limit:
+        largest = math.floor(limit * 1000) / 1000  # strictly below the limit, as a value one can type
+        advice = (
+            f"the largest delta that balances every event here is {largest:g}"
+            if largest > 0
+            else "no delta balances an event here (one group holds too large a share of the parameters)"
+        )
+        raise ValueError(
+            f"ScheduleConfig.delta={cfg.delta:g} cannot balance: an event may drop groups worth up to its budget plus "
+            f"one group, and the groups left must be able to grow as much again; {advice} "
+            f"(num_events={cfg.num_events}, {total:,} re-allocatable parameters)"
+        )
+
+
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -109,6 +146,7 @@ class Reallocator:
             raise ValueError("Reallocator needs at least one resizable module")
         for name, module in modules.items():
             require_resizable(name, module)
+        check_budget(modules, cfg.schedule)
         self.modules = dict(modules)
         self.cfg = cfg
         self.seed = seed
@@ -126,8 +164,9 @@ class Reallocator:
 
     # ------------------------------------------------------------------------------------------------ per step
     def before_forward(self, step: int) -> None:
-        """Call before the forward pass of training step ``step``: switches the gates for the learnable score."""
-        self.scores.set_gates(step)
+        """Call before the forward pass of training step ``step``: switches the gates for the learnable score (on
+        every step once the last event is done)."""
+        self.scores.set_gates(step, finished=self.schedule.finished)
 
     def set_gates_active(self, active: bool) -> None:
         """Switch the group gates of every module (e.g. on for evaluation when training with the learnable score)."""
@@ -143,9 +182,9 @@ class Reallocator:
         if loss is not None and self.schedule.watches_loss:
             self.schedule.observe_loss(float(loss))
         if self.scores.after_backward(step) and self.cfg.schedule.trigger == "convergence":
-            scores = self.scores.scores()
-            scales = type_scales(scores, self.cfg.score.normalize_per_type)
-            self.schedule.observe_scores(step, ranking_values(scores, scales))
+            scores, normalization = self.scores.scores(), self.cfg.score.normalization
+            scales = type_scales(scores, normalization)
+            self.schedule.observe_scores(step, ranking_values(scores, scales, normalization))
             # The loss watch sees each rank's own loss: take rank 0's decision.
             self.schedule.pending = _from_rank0(self.schedule.pending, self.device)
 
@@ -154,12 +193,32 @@ class Reallocator:
         return self.schedule.due(step, self.scores.has_scores())
 
     # ------------------------------------------------------------------------------------------------ the event
-    def plan(self) -> Plan:
-        """Plan an event from the current smoothed scores (without carrying it out)."""
+    def plan(self, step: int) -> Plan:
+        """Plan the event at ``step`` from the current smoothed scores (without carrying it out)."""
         scores = self.scores.scores()
         costs = {name: group_cost(self.modules[name]) for name in scores}
         budget = self.cfg.schedule.delta * parameter_count(self.modules) / self.cfg.schedule.num_events
-        return plan_event(scores, costs, budget, self.cfg.score.normalize_per_type)
+        return plan_event(scores, costs, budget, self.cfg.score.normalization, tie_seed=step_seed(self.seed, step))
+
+    def _plan_on_rank0(self, step: int) -> Plan:
+        """Rank 0's plan on every rank; a planning error is raised on every rank (none is left waiting)."""
+        outcome: Plan | str | None = None
+        if not _distributed() or dist.get_rank() == 0:
+            try:
+                outcome = self.plan(step)
+            except ValueError as err:
+                outcome = str(err)
+        outcome = _from_rank0(outcome, self.device)
+        if isinstance(outcome, str):
+            raise EventError(f"the re-allocation event at step {step} cannot be planned: {outcome}")
+        if outcome.tied_share > TIE_WARNING_SHARE:
+            log.warning(
+                "event at step %d: %.0f%% of all groups are tied at a cut (equal ranking values); which of them were "
+                "dropped or grown was decided by the seeded tie-break, not by their scores",
+                step,
+                100 * outcome.tied_share,
+            )
+        return outcome
 
     def reallocate(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> EventReport:
         """Carry out the event that is due at ``step``: rank 0 plans, every rank resizes identically, ``optimizer`` is
@@ -168,7 +227,7 @@ class Reallocator:
             raise RuntimeError(f"no re-allocation event is due at step {step}")
         started = time.perf_counter()
         groups_before, params_before = self.group_counts(), parameter_count(self.modules)
-        plan = _from_rank0(self.plan() if not _distributed() or dist.get_rank() == 0 else None, self.device)
+        plan = self._plan_on_rank0(step)
         execute_plan(self.modules, plan, self.cfg.grow, optimizer, seed=step_seed(self.seed, step))
         report = EventReport(
             event=self.schedule.events_done + 1,
@@ -197,13 +256,16 @@ class Reallocator:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the engine; the modules must already have the checkpoint's layout."""
-        saved, current = state["group_counts"], self.group_counts()
+        saved, scores, schedule, reports = unpack_state(
+            state, ("group_counts", "scores", "schedule", "reports"), "re-allocation engine"
+        )
+        current = self.group_counts()
         if saved != current:
             differing = sorted(name for name in set(saved) | set(current) if saved.get(name) != current.get(name))
             raise ValueError(
                 f"engine state does not match the modules' group counts ({', '.join(differing[:5])}"
                 f"{', ...' if len(differing) > 5 else ''}): build the model from the checkpoint's layout first"
             )
-        self.scores.load_state_dict(state["scores"])
-        self.schedule.load_state_dict(state["schedule"])
-        self.reports = [EventReport.from_dict(report) for report in state["reports"]]
+        self.scores.load_state_dict(scores)
+        self.schedule.load_state_dict(schedule)
+        self.reports = [EventReport.from_dict(report) for report in reports]

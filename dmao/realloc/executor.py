@@ -5,11 +5,15 @@ parameter is replaced by a new ``nn.Parameter`` object, a buffer by the new tens
 new group count. Grown copies are then shaped by the grow mode:
 
 * ``copy``: an exact duplicate next to the original (the paper's default; the group's contribution doubles),
-  optionally plus Gaussian noise;
+  optionally plus Gaussian noise on the copy relative to each tensor's spread (``copy_noise_relative_std``);
 * ``random``: fresh values per the axis ``init`` rule;
 * ``split``: original and copy each take half of the outgoing weights, plus a tiny perturbation that is added to one
   half and subtracted from the other: both compute the same activation, so the module output is unchanged, while
   their incoming weights now receive different gradients.
+
+Independently of the mode, ``rebuilt_noise_variance`` adds absolute Gaussian noise N(0, variance) to every parameter
+of every module the event changed, originals and module-wide parameters included (group gates excepted): the noise
+of the authors' ablation (variance 0, 1e-4 and 0.1).
 
 All noise comes from a generator passed in (seeded from the event), never the global RNG, so every DDP rank
 resizes identically.
@@ -35,8 +39,11 @@ GrowMode = Literal["copy", "random", "split"]
 @dataclass
 class GrowConfig:
     mode: GrowMode = "copy"
-    copy_noise: float = 0.0
-    """``copy``: std of Gaussian noise added to a copy's parameters, relative to each tensor's std (0: exact)."""
+    copy_noise_relative_std: float = 0.0
+    """``copy``: std of Gaussian noise added to the copies only, relative to each tensor's std (0: exact copies)."""
+    rebuilt_noise_variance: float = 0.0
+    """Variance of absolute Gaussian noise added to all parameters of every module the event rebuilt, whatever the
+    mode (the authors' ablation: 0, 1e-4, 0.1)."""
     split_noise: float = 0.01
     """``split``: std of the +/- perturbation of the halved outgoing weights, relative to that tensor's std."""
     copy_moments: bool = True
@@ -45,7 +52,7 @@ class GrowConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("copy", "random", "split"):
             raise ValueError(f"GrowConfig.mode must be copy, random or split, got {self.mode!r}")
-        for name in ("copy_noise", "split_noise"):
+        for name in ("copy_noise_relative_std", "rebuilt_noise_variance", "split_noise"):
             if getattr(self, name) < 0:
                 raise ValueError(f"GrowConfig.{name} must be >= 0, got {getattr(self, name)!r}")
 
@@ -89,6 +96,12 @@ def resize_module(
         else:
             setattr(bound.owner, bound.attr, new)
     module.set_num_groups(new_groups)
+    if cfg.rebuilt_noise_variance > 0:
+        gate = getattr(module, "group_gate", None)
+        std = cfg.rebuilt_noise_variance**0.5
+        for param in module.parameters():
+            if param is not gate:
+                param.add_(_noise(tuple(param.shape), std, generator, param))
     return moves
 
 
@@ -111,8 +124,8 @@ def _shape_copies(
         else:
             fresh = torch.full(slice_shape, 1.0 if init == "ones" else 0.0, dtype=new.dtype, device=new.device)
         new.index_copy_(dim, copies, fresh)
-    elif cfg.mode == "copy" and cfg.copy_noise > 0 and bound.is_parameter:
-        new.index_add_(dim, copies, _noise(slice_shape, cfg.copy_noise * _std(old), generator, new))
+    elif cfg.mode == "copy" and cfg.copy_noise_relative_std > 0 and bound.is_parameter:
+        new.index_add_(dim, copies, _noise(slice_shape, cfg.copy_noise_relative_std * _std(old), generator, new))
     elif cfg.mode == "split" and bound.axis.outgoing:
         half = new.index_select(dim, originals) * 0.5
         perturbation = _noise(slice_shape, cfg.split_noise * _std(old), generator, new)

@@ -108,6 +108,16 @@ def parameter_count(modules: Mapping[str, nn.Module]) -> int:
     return sum(p.numel() for p in unique_parameters(modules))
 
 
+def single_group_cost(module: nn.Module) -> float:
+    """What one group would cost if the module were left with only it: its share of the axis parameters plus all
+    module-wide ones. No group of the module can ever cost more (a group's share of the module-wide parameters grows
+    as the module shrinks); 0 without groups."""
+    if module.num_groups == 0:
+        return 0.0
+    axis_parameters = sum(b.tensor.numel() for b in bind_axes(type(module).__name__, module) if b.is_parameter)
+    return axis_parameters / module.num_groups + sum(p.numel() for p in module.parameters()) - axis_parameters
+
+
 def group_cost(module: nn.Module) -> float:
     """Parameters per group, the module-wide ones spread evenly (see the module docstring); 0 without groups."""
     if module.num_groups == 0:

@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 import torch
 
+from dmao.realloc.state import unpack_state
+
 
 @dataclass
 class ScheduleConfig:
@@ -191,8 +193,10 @@ class EventSchedule:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.events_done = int(state["events_done"])
-        self.pending = state["pending"]
-        self._previous_ranking = state["previous_ranking"]
-        self._stable_streak = int(state["stable_streak"])
-        self._losses = deque(state["losses"], maxlen=self.cfg.loss_window)
+        keys = ("events_done", "pending", "previous_ranking", "stable_streak", "losses")
+        events_done, pending, previous_ranking, stable_streak, losses = unpack_state(state, keys, "event schedule")
+        self.events_done = int(events_done)
+        self.pending = pending
+        self._previous_ranking = previous_ranking
+        self._stable_streak = int(stable_streak)
+        self._losses = deque(losses, maxlen=self.cfg.loss_window)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from dmao.realloc.groups import BoundAxis, bind_axes
+from dmao.realloc.state import unpack_state
 
 ScoreKind = Literal["taylor", "gradient", "magnitude", "learnable"]
 SCORE_KINDS = ("taylor", "gradient", "magnitude", "learnable")
@@ -38,7 +39,13 @@ class ScoreConfig:
     """``learnable`` only: share of training steps on which the gates are not applied (keeps the gates from
     diverging)."""
     normalize_per_type: bool = False
-    """Divide every score by the mean score of its module type (``ff1``, ``mhsa``, ...) before the global ranking."""
+    """Divide every score by the mean score of its type before the global ranking (the paper saw the raw magnitude
+    score strip almost every head: raw scales differ across module types)."""
+    normalize_as: dict[str, str] = field(default_factory=lambda: {"ff1": "ffn", "ff2": "ffn"})
+    """With ``normalize_per_type``: module type (the last name component: ``ff1``, ``mhsa``, ``conv``...) -> the type
+    whose mean it is divided by. Unlisted types stand alone. The default pools ``ff1`` and ``ff2`` into one ``ffn``
+    type, so that the ranking can still prefer one feed-forward module over the other (the paper's "middle FF2
+    removed" finding rests on that comparison); ``{}`` normalises them separately."""
 
     def __post_init__(self) -> None:
         if self.kind not in SCORE_KINDS:
@@ -51,6 +58,13 @@ class ScoreConfig:
             raise ValueError(f"ScoreConfig.alpha must lie in (0, 1], got {self.alpha!r}")
         if not 0.0 <= self.gate_skip_prob < 1.0:
             raise ValueError(f"ScoreConfig.gate_skip_prob must lie in [0, 1), got {self.gate_skip_prob!r}")
+        if not all(isinstance(k, str) and isinstance(v, str) and v for k, v in dict(self.normalize_as).items()):
+            raise ValueError(f"ScoreConfig.normalize_as must map module types to type names, got {self.normalize_as!r}")
+
+    @property
+    def normalization(self) -> dict[str, str] | None:
+        """What the planner normalises with: ``normalize_as`` when normalising per type, else ``None`` (raw)."""
+        return dict(self.normalize_as) if self.normalize_per_type else None
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -105,10 +119,12 @@ class ScoreTracker:
         return scored
 
     # ------------------------------------------------------------------------------------------------ per step
-    def set_gates(self, step: int) -> None:
-        """``learnable``: apply the gates on this step unless the seeded draw skips them; other kinds: nothing."""
+    def set_gates(self, step: int, finished: bool = False) -> None:
+        """``learnable``: apply the gates on this step unless the seeded draw skips them, and on every step once the
+        schedule has ``finished`` (the model is evaluated with its gates, so it must train with them); other kinds:
+        nothing."""
         if self.cfg.kind == "learnable":
-            self.set_gates_active(not gates_skipped(self.seed, step, self.cfg.gate_skip_prob))
+            self.set_gates_active(finished or not gates_skipped(self.seed, step, self.cfg.gate_skip_prob))
 
     def set_gates_active(self, active: bool) -> None:
         for module in self.modules.values():
@@ -193,11 +209,14 @@ class ScoreTracker:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        smoothed, measurements, sums, summed_steps = unpack_state(
+            state, ("smoothed", "measurements", "sums", "summed_steps"), "score tracker"
+        )
         self.reset()
-        self.smoothed = self._checked(state["smoothed"], "smoothed")
-        self._sums = self._checked(state["sums"], "sums")
-        self.measurements = int(state["measurements"])
-        self._summed_steps = int(state["summed_steps"])
+        self.smoothed = self._checked(smoothed, "smoothed")
+        self._sums = self._checked(sums, "sums")
+        self.measurements = int(measurements)
+        self._summed_steps = int(summed_steps)
 
     def _checked(self, tensors: Mapping[str, torch.Tensor], key: str) -> dict[str, torch.Tensor]:
         result = {}

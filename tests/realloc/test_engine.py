@@ -12,6 +12,8 @@ from torch import nn
 import dmao.realloc as realloc_package
 from dmao.realloc import EventReport, GrowConfig, Reallocator, ReallocConfig, ScheduleConfig, ScoreConfig
 from dmao.realloc.groups import group_cost
+from dmao.realloc.planner import plan_event
+from dmao.realloc.scores import step_seed
 
 TOTAL = 40
 
@@ -111,19 +113,129 @@ def test_resume_gives_the_same_run(resume_at):
     assert [r.plan for r in resumed.engine.reports] == [r.plan for r in reference.engine.reports]
 
 
+def learnable_run() -> Run:
+    cfg = config(kind="learnable", gate_skip_prob=0.5)
+    cfg.schedule.delta = 0.2  # only the gated toy MLPs take part: fewer parameters to balance
+    return Run(cfg, gated=True)
+
+
 def test_learnable_score_switches_gates_and_ranks_by_gate_size():
-    run = Run(config(kind="learnable", gate_skip_prob=0.5), gated=True)
-    ff1 = run.net.resizable_modules()["layers.0.ff1"]
+    run = learnable_run()
+    modules = run.engine.modules
     active = []
     for _ in range(8):
         run.train(run.step + 1)
-        active.append(ff1.gates_active)
+        active.append(modules["layers.0.ff1"].gates_active)
     assert True in active and False in active
-    run.train(TOTAL)
-    plan = run.reports[0].plan
-    assert plan.modules["layers.0.ff1"].scores  # gated modules are scored
-    run.engine.set_gates_active(True)
-    assert ff1.gates_active
+    # Give the gates clearly different sizes, then measure again: the smallest gates are dropped, the largest grown.
+    sizes = {"layers.0.ff1": [0.9, -2.0, 0.05], "layers.1.ff1": [1.5, 0.02, -0.7]}
+    with torch.no_grad():
+        for name, values in sizes.items():
+            modules[name].group_gate.copy_(torch.tensor(values))
+    run.engine.scores.reset()
+    run.engine.after_backward(10)  # a measuring step: the score is |gate|
+    plan = run.engine.plan(10)
+    for name, values in sizes.items():
+        assert plan.modules[name].scores == pytest.approx([abs(v) for v in values])
+    dropped = {(n, i) for n, m in plan.modules.items() for i in m.dropped}
+    grown = {(n, i) for n, m in plan.modules.items() for i in m.grown}
+    assert dropped == {("layers.1.ff1", 1), ("layers.0.ff1", 2)}  # |gate| 0.02 and 0.05
+    assert ("layers.0.ff1", 1) in grown  # |gate| 2.0
+
+
+def test_learnable_gates_stay_on_after_the_last_event():
+    run = learnable_run()
+    gated = list(run.engine.modules.values())
+    run.train(10)  # the event is after step 10
+    assert run.engine.schedule.finished
+    for _ in range(20):  # with a skip share of 0.5, some of these steps would switch the gates off
+        run.train(run.step + 1)
+        assert all(m.gates_active for m in gated if m.num_groups), f"gates off at step {run.step}"
+
+
+def test_per_type_normalisation_reaches_the_plan():
+    def planned(normalize_per_type: bool, normalize_as=None):
+        cfg = ReallocConfig(
+            score=ScoreConfig(
+                kind="magnitude",
+                interval=2,
+                normalize_per_type=normalize_per_type,
+                normalize_as=normalize_as if normalize_as is not None else {"ff1": "ffn"},
+            ),
+            schedule=ScheduleConfig(t_end=0.25, delta=0.2),
+        )
+        run = Run(cfg)
+        with torch.no_grad():  # attention weights 100 times larger: raw magnitudes would grow every head
+            for name, module in run.net.resizable_modules().items():
+                if name.endswith("mhsa"):
+                    module.out.weight.mul_(100.0)
+        run.train(2)
+        return run.engine.plan(2), run.engine.scores.scores()
+
+    raw, scores = planned(False)
+    assert set(raw.type_scale.values()) == {1.0}
+    assert all(not m.dropped for n, m in raw.modules.items() if n.endswith("mhsa"))
+    normalised, scores = planned(True)
+    assert normalised == plan_event(
+        scores,
+        {n: m.group_cost for n, m in normalised.modules.items()},
+        normalised.budget,
+        {"ff1": "ffn"},
+        tie_seed=step_seed(7, 2),
+    )
+    assert set(normalised.type_scale) == {"ffn", "mhsa", "conv"} and normalised != raw
+
+
+def test_a_budget_that_cannot_balance_is_refused_at_construction():
+    net = ToyNet.uniform(2)
+    cfg = ReallocConfig(score=ScoreConfig(interval=2), schedule=ScheduleConfig(t_end=0.25, delta=0.55))
+    with pytest.raises(
+        ValueError,
+        match=r"delta=0.55 cannot balance.*largest delta that balances every event here "
+        r"is 0\.\d+",
+    ):
+        Reallocator(net.resizable_modules(), cfg, total_steps=TOTAL)
+    message = ""
+    try:
+        Reallocator(net.resizable_modules(), cfg, total_steps=TOTAL)
+    except ValueError as err:
+        message = str(err)
+    largest = float(message.split("is ")[1].split(" ")[0])
+    cfg.schedule.delta = largest  # the delta it names is accepted
+    Reallocator(net.resizable_modules(), cfg, total_steps=TOTAL)
+
+
+def test_tied_scores_warn_and_are_not_broken_by_module_order(caplog):
+    cfg = ReallocConfig(score=ScoreConfig(kind="magnitude", interval=2), schedule=ScheduleConfig(t_end=0.25, delta=0.2))
+    run = Run(cfg, counts=[{"ff1": 3, "mhsa": 2, "conv": 3}] * 4)
+    with torch.no_grad():  # every FFN group alike, and above every other group: growth must choose among them
+        for name, module in run.net.resizable_modules().items():
+            if name.endswith("ff1"):
+                module.linear_in.weight.fill_(0.5)
+    run.engine.after_backward(10)  # magnitude needs no gradient; the event is due after step 10
+    with caplog.at_level("WARNING", logger="dmao.realloc.engine"):
+        report = run.engine.reallocate(10, run.optimizer)
+    assert "tied at a cut" in caplog.text and report.plan.tied_share == pytest.approx(12 / 32)
+    ffn_groups = [(f"layers.{i}.ff1", g) for i in range(4) for g in range(3)]
+    grown = {(n, g) for n, m in report.plan.modules.items() if n.endswith("ff1") for g in m.grown}
+    assert 0 < len(grown) < 12
+    assert grown != set(ffn_groups[-len(grown) :]), "the tie was broken by module order"
+
+
+def test_state_dicts_refuse_unknown_and_missing_keys():
+    run = Run(config())
+    run.train(4)
+    state = run.engine.state_dict()
+    for broken, where in (
+        ({**state, "extra": 1}, "re-allocation engine state: unexpected \\['extra'\\]"),
+        ({**state, "scores": {**state["scores"], "alpha": 0.9}}, "score tracker state: unexpected"),
+        (
+            {**state, "schedule": {k: v for k, v in state["schedule"].items() if k != "losses"}},
+            "event schedule state: missing \\['losses'\\]",
+        ),
+    ):
+        with pytest.raises(ValueError, match=where):
+            Run(config()).engine.load_state_dict(broken)
 
 
 def test_an_emptied_module_never_regrows():

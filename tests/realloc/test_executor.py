@@ -39,13 +39,19 @@ def test_contract_invariants_on_toy_modules(kind):
     torch.testing.assert_close(module(x), reference, rtol=0, atol=0)  # the module itself is untouched
 
 
-def test_contract_checker_catches_a_wrong_axis():
-    module = ToyMLP(6, 3, 4).double()
-    module.group_axes = lambda: [  # forgets the output columns: dropping a group leaves stale weights behind
-        GroupAxis("linear_in.weight", dim=0, outgoing=True),
+def test_contract_checker_measures_a_wrong_axis():
+    module = ToyHeads(6, 3, 2).double()
+    x = torch.randn(2, 5, 6, dtype=torch.float64)
+    assert max(contract_deviations(module, x, group=1).values()) < EXACT
+    module.group_axes = lambda: [  # q|k|v read as one block: a "head" takes rows of several heads' q, k and v
+        GroupAxis("qkv.weight", dim=0),
+        GroupAxis("qkv.bias", dim=0, init="zeros"),
+        GroupAxis("out.weight", dim=-1, outgoing=True, primary=True),
     ]
-    with pytest.raises(RuntimeError):  # the output layer no longer fits the hidden size
-        contract_deviations(module, torch.randn(1, 2, 6, dtype=torch.float64))
+    deviations = contract_deviations(module, x, group=1)  # every shape still fits: only the values can tell
+    assert deviations["identity"] == 0.0 and deviations["empty_is_zero"] == 0.0
+    for check in ("drop_vs_zeroed", "copy_doubles", "split_preserves"):
+        assert deviations[check] > 1e-3, (check, deviations)
 
 
 def test_dropping_a_head_matches_a_hand_built_smaller_module():
@@ -94,14 +100,44 @@ def test_random_growth_follows_the_init_rules():
     assert not torch.allclose(drawn, glu.pointwise_in.weight[2 * 16 : 3 * 16])
 
 
-def test_copy_noise_perturbs_only_the_copy():
+def test_relative_copy_noise_perturbs_only_the_copy():
     torch.manual_seed(2)
     mlp = ToyMLP(d=64, num_groups=2, unit=32)
     w1 = mlp.linear_in.weight.detach().clone()
-    resize_module("l.ff1", mlp, [0, 0, 1], GrowConfig(copy_noise=0.1), torch.Generator().manual_seed(0))
+    cfg = GrowConfig(copy_noise_relative_std=0.1)
+    resize_module("l.ff1", mlp, [0, 0, 1], cfg, torch.Generator().manual_seed(0))
     original, copy = mlp.linear_in.weight[:32], mlp.linear_in.weight[32:64]
     torch.testing.assert_close(original, w1[:32], rtol=0, atol=0)
     assert float((copy - original).detach().std()) == pytest.approx(0.1 * float(w1.std()), rel=0.1)
+
+
+@pytest.mark.parametrize("mode", ["copy", "split"])
+def test_rebuilt_noise_is_absolute_and_reaches_every_weight_of_a_changed_module(mode):
+    """The authors' ablation: N(0, variance) on all weights of every rebuilt module, whatever their scale."""
+    torch.manual_seed(3)
+    net = ToyNet([{"ff1": 4, "mhsa": 2, "conv": 2}], d=64, gated=True)
+    modules = net.resizable_modules()
+    with torch.no_grad():
+        modules["layers.0.ff1"].linear_in.weight.mul_(1e-3)  # tiny weights: relative noise would stay tiny
+    before = {name: p.detach().clone() for name, p in net.named_parameters()}
+    plan = plan_for(modules, {"layers.0.ff1": [0, 1, 1, 2, 3], "layers.0.mhsa": [0, 1], "layers.0.conv": [0, 1]})
+    cfg = GrowConfig(mode=mode, rebuilt_noise_variance=1e-4)
+    execute_plan(modules, plan, cfg, seed=0)
+    ff1 = modules["layers.0.ff1"]
+    reference = ToyMLP(64, 4, unit=4, gated=True)
+    reference.load_state_dict({k.removeprefix("layers.0.ff1."): v for k, v in before.items() if ".ff1." in k})
+    resize_module("layers.0.ff1", reference, [0, 1, 1, 2, 3], GrowConfig(mode=mode), torch.Generator().manual_seed(0))
+    for name, param in ff1.named_parameters():
+        noise = (param - dict(reference.named_parameters())[name]).detach()
+        if name == "group_gate":
+            assert torch.equal(noise, torch.zeros_like(noise)), "gates are no weights: left alone"
+        elif noise.numel() > 1000:  # originals, copies and module-wide parameters alike
+            assert float(noise.std()) == pytest.approx(1e-2, rel=0.1), name
+        else:
+            assert bool((noise != 0).all()), name
+    for name, param in net.named_parameters():  # unchanged modules are not rebuilt and get no noise
+        if ".ff1." not in name:
+            assert torch.equal(param, before[name]), name
 
 
 def test_split_halves_outgoing_weights_with_antisymmetric_noise():

@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from dmao.realloc.planner import Plan, plan_event
+from dmao.realloc.planner import Plan, largest_balanced_delta, plan_event
 
 TYPES = ("ff1", "mhsa", "conv", "ff2")
 
@@ -70,14 +70,32 @@ def test_planner_properties_over_random_scores():
             )
 
 
-def test_planner_is_deterministic_with_ties():
-    scores = {"a.ff1": [1.0, 1.0, 1.0], "a.mhsa": [1.0, 1.0], "b.ff1": [1.0, 1.0, 1.0]}
-    costs = {"a.ff1": 10.0, "a.mhsa": 10.0, "b.ff1": 10.0}
-    plans = [plan_event(scores, costs, budget=15.0).to_dict() for _ in range(3)]
-    assert plans[0] == plans[1] == plans[2]
-    # Ties break by the fixed group order: the first groups are dropped, the last ones grown.
-    assert plans[0]["modules"]["a.ff1"]["dropped"] == [0, 1]
-    assert plans[0]["modules"]["b.ff1"]["grown"] == [0, 1, 2]
+def test_ties_are_broken_by_a_seeded_permutation_not_by_module_order():
+    # Every score equal: no information. Module order would drop the first layers and grow the last ones.
+    names = [f"layers.{i}.{kind}" for i in range(6) for kind in TYPES]
+    scores = {name: [1.0] * 4 for name in names}
+    costs = dict.fromkeys(names, 10.0)
+    plans = {seed: plan_event(scores, costs, budget=100.0, tie_seed=seed) for seed in range(6)}
+    assert plan_event(scores, costs, budget=100.0, tie_seed=3) == plans[3]  # the same seed, the same plan
+    dropped = {seed: {(n, i) for n, m in plan.modules.items() for i in m.dropped} for seed, plan in plans.items()}
+    assert len({frozenset(d) for d in dropped.values()}) == 6  # each seed another choice
+    for seed, plan in plans.items():
+        first_layers = {n for n, _ in dropped[seed]} <= {f"layers.{i}.{k}" for i in range(3) for k in TYPES}
+        assert not first_layers, f"seed {seed}: only the first layers were dropped"
+        assert plan.tied_share == 1.0  # the whole ranking is one tie, and both cuts fall inside it
+
+
+def test_tied_share_counts_only_ties_that_a_cut_falls_into():
+    costs = {"l.ff1": 10.0, "l.ff2": 10.0}
+    distinct = plan_event({"l.ff1": [0.1, 0.2, 0.3, 0.4], "l.ff2": [0.5, 0.6, 0.7, 0.8]}, costs, budget=15.0)
+    assert distinct.tied_share == 0.0
+    # The two lowest are dropped (cost 20 > 15) and tied with each other only: the cut is not inside the tie.
+    below = plan_event({"l.ff1": [0.1, 0.1, 0.3, 0.4], "l.ff2": [0.5, 0.6, 0.7, 0.8]}, costs, budget=15.0)
+    assert below.tied_share == 0.0
+    # Three tied at the bottom, two of them dropped: which two was the tie-break's choice.
+    straddling = plan_event({"l.ff1": [0.1, 0.1, 0.1, 0.4], "l.ff2": [0.5, 0.6, 0.7, 0.8]}, costs, budget=15.0)
+    assert straddling.tied_share == pytest.approx(3 / 8)
+    assert sorted(straddling.modules["l.ff1"].dropped) != [] and len(straddling.modules["l.ff1"].dropped) == 2
 
 
 def test_small_budget_drops_one_group_and_grows_past_it():
@@ -98,12 +116,68 @@ def test_per_type_normalisation_changes_the_ranking_as_intended():
     raw = plan_event(scores, costs, budget=15.0)
     assert (raw.modules["l.mhsa"].dropped, raw.modules["l.mhsa"].grown) == ([0, 2], [])
     assert (raw.modules["l.ff1"].dropped, raw.modules["l.ff1"].grown) == ([], [0, 1, 2])
-    normalised = plan_event(scores, costs, budget=15.0, normalize_per_type=True)
+    normalised = plan_event(scores, costs, budget=15.0, normalize_as={})
     # Type means ff1 15, mhsa 1.5: ff1 ranks [0.67, 0.8, 2.0, 0.53], mhsa [0.33, 2.2, 0.6, 0.87].
     assert normalised.type_scale == pytest.approx({"ff1": 15.0, "mhsa": 1.5})
     assert (normalised.modules["l.mhsa"].dropped, normalised.modules["l.mhsa"].grown) == ([0], [1, 3])
     assert (normalised.modules["l.ff1"].dropped, normalised.modules["l.ff1"].grown) == ([3], [2])
     assert normalised.modules["l.mhsa"].scores == scores["l.mhsa"]  # the plan keeps the raw scores
+
+
+def test_pooling_ff1_and_ff2_keeps_their_comparison():
+    # FF2 is uniformly weaker than FF1 in the middle layer: the paper's "middle FF2 removed" pattern.
+    scores = {
+        "layers.0.ff1": [4.0, 4.2, 3.9, 4.1],
+        "layers.0.ff2": [1.0, 1.1, 0.9, 1.2],
+        "layers.0.mhsa": [0.3, 0.5, 0.4, 0.2],
+    }
+    costs = dict.fromkeys(scores, 10.0)
+    pooled = plan_event(scores, costs, budget=25.0, normalize_as={"ff1": "ffn", "ff2": "ffn"})
+    assert pooled.type_scale == pytest.approx({"ffn": 2.55, "mhsa": 0.35})
+    assert sorted(pooled.modules["layers.0.ff2"].dropped) == [0, 1, 2]  # the weak FFN loses its groups
+    assert not pooled.modules["layers.0.ff1"].dropped
+    # Separately normalised, each FFN type averages 1: the FF1-vs-FF2 difference is gone from the ranking.
+    separate = plan_event(scores, costs, budget=25.0, normalize_as={})
+    assert separate.type_scale == pytest.approx({"ff1": 4.05, "ff2": 1.05, "mhsa": 0.35})
+    assert len(separate.modules["layers.0.ff2"].dropped) < 3
+
+
+def test_largest_balanced_delta_is_exact_for_the_worst_ranking():
+    """Below the limit no ranking fails to balance; just above it the ranking that puts the dearest group at the
+    drop cut does."""
+    rng = random.Random(1)
+    for _ in range(40):
+        costs = {f"layers.{i}.{kind}": float(rng.choice([10, 20, 40])) for i in range(3) for kind in TYPES}
+        costs["layers.0.ff1"] = 10.0  # enough small groups to fill any budget in steps of 10
+        counts = {name: rng.randint(1, 6) for name in costs}
+        counts["layers.0.ff1"] = 8
+        if sum(costs[n] * counts[n] for n in costs) % 20:
+            counts["layers.0.ff1"] += 1  # an even total: half of it is a sum of group costs
+        total = sum(costs[n] * counts[n] for n in costs)
+        dearest_name = max(costs, key=costs.get)
+        dearest = costs[dearest_name]
+        limit = largest_balanced_delta(total, dearest, num_events=1)
+        for _ in range(20):  # random rankings just below the limit all balance
+            scores = {n: [rng.random() for _ in range(counts[n])] for n in costs}
+            plan_event(scores, costs, budget=(limit - 1e-9) * total)
+        # Just above the limit: groups worth exactly limit * P ranked lowest, then the dearest group, which is
+        # dropped last and brings the drop to P / 2; what is left cannot grow past it.
+        others = sorted(
+            ((costs[n], n, i) for n in costs for i in range(counts[n]) if (n, i) != (dearest_name, 0)), reverse=True
+        )
+        filled, lowest, rest = 0.0, [], []
+        for cost, name, index in others:  # largest first, the 10s fill the remainder exactly
+            if filled + cost <= limit * total + 1e-9:
+                filled += cost
+                lowest.append((name, index))
+            else:
+                rest.append((name, index))
+        assert filled == pytest.approx(limit * total)
+        scores = {n: [0.0] * counts[n] for n in costs}
+        for position, (name, index) in enumerate(lowest + [(dearest_name, 0)] + rest):
+            scores[name][index] = float(position)
+        with pytest.raises(ValueError, match="cannot balance"):
+            plan_event(scores, costs, budget=limit * total + 1e-6)
 
 
 def test_plan_round_trips_through_json():
