@@ -9,17 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmao.encoders.common import BlockEncoder, EncoderConfig
-from dmao.encoders.conformer import ConformerEncoder
-from dmao.encoders.ebranchformer import EBranchformerEncoder
-from dmao.encoders.layout import BLOCK_MODULES, Layout
+from dmao.encoders import Encoder, EncoderConfig, Layout
 from dmao.features.cmvn import utterance_normalize
 from dmao.features.logmel import LogMelConfig, LogMelFeatures
 from dmao.features.specaugment import SpecAugment, SpecAugmentConfig
 from dmao.modules.common import GroupedModule, check_probability
 from dmao.modules.frontend import FrontendConfig, VGGFrontend
-
-_ENCODERS: dict[str, type[BlockEncoder]] = {"conformer": ConformerEncoder, "ebranchformer": EBranchformerEncoder}
 
 
 @dataclass
@@ -38,11 +33,6 @@ class ModelConfig:
         check_probability(self, "final_dropout")
 
 
-def build_encoder(cfg: EncoderConfig, layout: Layout | None = None) -> BlockEncoder:
-    """The encoder of ``cfg.block_type``, with ``layout`` (default: the configuration's starting layout)."""
-    return _ENCODERS[cfg.block_type](cfg, layout)
-
-
 class CTCModel(nn.Module):
     """A CTC acoustic model whose encoder is built from a :class:`Layout`.
 
@@ -57,7 +47,7 @@ class CTCModel(nn.Module):
         self.features = LogMelFeatures(cfg.features)
         self.specaug = SpecAugment(cfg.specaug)
         self.frontend = VGGFrontend(cfg.frontend, num_features=cfg.features.num_mels, d_model=cfg.encoder.d_model)
-        self.encoder = build_encoder(cfg.encoder, layout)
+        self.encoder = Encoder(cfg.encoder, layout)
         self.final_dropout = cfg.final_dropout
         self.feature_normalization = cfg.feature_normalization
         self.output = nn.Linear(cfg.encoder.d_model, vocab_size)
@@ -109,18 +99,18 @@ class CTCModel(nn.Module):
         return {f"encoder.{name}": module for name, module in self.encoder.resizable_modules().items()}
 
     def parameter_counts(self) -> dict[str, int]:
-        """Parameter counts by module type: ``frontend``, each resizable module type summed over layers, ``merge``
-        (E-Branchformer), ``block_norms`` (the final LayerNorm of every block), ``output`` and ``total``."""
+        """Parameter counts by module type: ``frontend``, each resizable module type summed over layers, the block
+        type's fixed modules (E-Branchformer: ``merge``), ``block_norms`` (the final LayerNorm of every block),
+        ``output`` and ``total``."""
 
         def size(module: nn.Module) -> int:
             return sum(p.numel() for p in module.parameters())
 
         blocks = self.encoder.layers
         counts = {"frontend": size(self.frontend)}
-        for name in BLOCK_MODULES[self.encoder.block_type]:
+        spec = self.encoder.spec
+        for name in spec.module_names + spec.fixed_modules:
             counts[name] = sum(size(getattr(block, name)) for block in blocks)
-        if self.encoder.block_type == "ebranchformer":
-            counts["merge"] = sum(size(block.merge) for block in blocks)
         counts["block_norms"] = sum(size(block.final_norm) for block in blocks)
         counts["output"] = size(self.output)
         counts["total"] = size(self)

@@ -1,17 +1,21 @@
-"""Encoders built from a layout: Conformer and E-Branchformer."""
+"""Encoders built from a layout, one per registered block type: Conformer and E-Branchformer."""
 
-from dmao.encoders.common import BlockEncoder, EncoderConfig
-from dmao.encoders.conformer import ConformerBlock, ConformerEncoder
-from dmao.encoders.ebranchformer import EBranchformerBlock, EBranchformerEncoder
-from dmao.encoders.layout import BLOCK_MODULES, Layout
+from dmao.encoders.common import Encoder, EncoderConfig
+from dmao.encoders.conformer import CONFORMER, ConformerBlock
+from dmao.encoders.ebranchformer import EBRANCHFORMER, EBranchformerBlock
+from dmao.encoders.layout import Layout
+from dmao.encoders.registry import BlockType, block_type, block_type_names, register_block_type
 
 __all__ = [
-    "BLOCK_MODULES",
-    "BlockEncoder",
+    "CONFORMER",
+    "EBRANCHFORMER",
+    "BlockType",
     "ConformerBlock",
-    "ConformerEncoder",
     "EBranchformerBlock",
-    "EBranchformerEncoder",
+    "Encoder",
     "EncoderConfig",
     "Layout",
+    "block_type",
+    "block_type_names",
+    "register_block_type",
 ]

@@ -1,29 +1,27 @@
-"""What the Conformer and E-Branchformer encoders share: their configuration and the stack of blocks."""
+"""The encoder: its configuration and the stack of blocks of a registered block type, built from a layout."""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
-from dmao.encoders.layout import BLOCK_MODULES, BlockType, Layout
+from dmao.encoders.layout import Layout
+from dmao.encoders.registry import block_type as registered_block_type
 from dmao.modules.attention import SelfAttention, SelfAttentionConfig
 from dmao.modules.common import GroupedModule, check_odd_kernel, check_positive, check_probability
 from dmao.modules.convolution import ConvNorm
 from dmao.modules.feedforward import FeedForward, FeedForwardConfig
-
-# E-Branchformer's cgMLP has H = 6 d, i.e. halves of 3 d (the paper's reference models).
-_DEFAULT_CONV_EXPANSION: dict[str, int] = {"conformer": 1, "ebranchformer": 3}
 
 
 @dataclass
 class EncoderConfig:
     """Sizes of the starting layout and everything about the blocks that the layout does not say."""
 
-    block_type: BlockType = "conformer"
+    block_type: str = "conformer"
+    """A registered block type: ``conformer`` or ``ebranchformer`` (see :mod:`dmao.encoders.registry`)."""
     num_layers: int = 12
     d_model: int = 256
     head_dim: int = 64
@@ -32,8 +30,8 @@ class EncoderConfig:
     """FFN hidden size = ``ff_expansion * d_model``."""
     conv_groups: int = 4
     conv_expansion: int | None = None
-    """Conv channels (cgMLP half-width) = ``conv_expansion * d_model``; ``None``: 1 for Conformer, 3 for
-    E-Branchformer."""
+    """Conv channels (cgMLP half-width) = ``conv_expansion * d_model``; ``None``: the block type's default (1 for
+    Conformer, 3 for E-Branchformer)."""
     conv_kernel_size: int = 31
     """Depthwise kernel of the conv module / the cgMLP."""
     conv_norm: ConvNorm = "batch"
@@ -53,25 +51,21 @@ class EncoderConfig:
     max_dropout: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.block_type not in BLOCK_MODULES:
-            raise ValueError(
-                f"EncoderConfig.block_type must be one of {sorted(BLOCK_MODULES)}, got {self.block_type!r}"
-            )
+        try:
+            spec = registered_block_type(self.block_type)
+        except ValueError as err:
+            raise ValueError(f"EncoderConfig.block_type: {err}") from None
         check_positive(self, "num_layers", "d_model", "head_dim", "ff_groups", "ff_expansion", "conv_groups")
         if self.conv_expansion is None:
-            self.conv_expansion = _DEFAULT_CONV_EXPANSION[self.block_type]
+            self.conv_expansion = spec.conv_expansion
         check_positive(self, "conv_expansion")
         check_odd_kernel(self, "conv_kernel_size")
         check_odd_kernel(self, "merge_kernel_size")
         if self.conv_norm not in ("batch", "layer"):
             raise ValueError(f"EncoderConfig.conv_norm must be 'batch' or 'layer', got {self.conv_norm!r}")
         self.module_order = tuple(self.module_order)  # YAML gives a list
-        order, conformer = self.module_order, BLOCK_MODULES["conformer"]
-        if sorted(order) != sorted(conformer) or order[0] != "ff1" or order[-1] != "ff2":
-            raise ValueError(
-                f"EncoderConfig.module_order must order {sorted(conformer)} with ff1 first and ff2 last, "
-                f"got {list(self.module_order)}"
-            )
+        if spec.check_config is not None:
+            spec.check_config(self)
         check_probability(self, "dropout", "att_dropout", "max_dropout")
         try:
             self.starting_layout()
@@ -137,16 +131,14 @@ def self_attention(cfg: EncoderConfig, layout: Layout, num_groups: int, referenc
     )
 
 
-class BlockEncoder(nn.Module, ABC):
-    """A stack of blocks built from a :class:`Layout`; each block holds its resizable modules as attributes named
-    like the layout's modules (``ff1``, ``mhsa``, ``conv``/``cgmlp``, ``ff2``)."""
-
-    block_type: ClassVar[BlockType]
+class Encoder(nn.Module):
+    """A stack of blocks of the configured block type, built from a :class:`Layout`; each block holds its resizable
+    modules as attributes named like the layout's modules (``ff1``, ``mhsa``, ``conv``/``cgmlp``, ``ff2``)."""
 
     def __init__(self, cfg: EncoderConfig, layout: Layout | None = None) -> None:
         super().__init__()
-        if cfg.block_type != self.block_type:
-            raise ValueError(f"EncoderConfig.block_type is {cfg.block_type!r}, but this is a {self.block_type} encoder")
+        self.block_type = cfg.block_type
+        self.spec = registered_block_type(cfg.block_type)
         start = cfg.starting_layout()
         layout = start if layout is None else layout
         check_layout_matches(cfg, layout)
@@ -155,14 +147,8 @@ class BlockEncoder(nn.Module, ABC):
         self.ff_group_size = layout.ff_group_size
         self.conv_group_size = layout.conv_group_size
         self.layers = nn.ModuleList(
-            self.build_block(cfg, layout, counts, reference) for counts, reference in zip(layout.layers, start.layers)
+            self.spec.block(cfg, layout, counts, reference) for counts, reference in zip(layout.layers, start.layers)
         )
-
-    @abstractmethod
-    def build_block(
-        self, cfg: EncoderConfig, layout: Layout, counts: dict[str, int], reference: dict[str, int]
-    ) -> nn.Module:
-        """One block with ``counts`` groups per module; ``reference`` are the starting counts (dropout scaling)."""
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """
@@ -183,8 +169,7 @@ class BlockEncoder(nn.Module, ABC):
             ff_group_size=self.ff_group_size,
             conv_group_size=self.conv_group_size,
             layers=[
-                {name: getattr(layer, name).num_groups for name in BLOCK_MODULES[self.block_type]}
-                for layer in self.layers
+                {name: getattr(layer, name).num_groups for name in self.spec.module_names} for layer in self.layers
             ],
         )
 
@@ -193,5 +178,5 @@ class BlockEncoder(nn.Module, ABC):
         return {
             f"layers.{i}.{name}": getattr(layer, name)
             for i, layer in enumerate(self.layers)
-            for name in BLOCK_MODULES[self.block_type]
+            for name in self.spec.module_names
         }

@@ -1,12 +1,13 @@
-"""The Conformer encoder, built from a layout."""
+"""The Conformer block (positional information comes from the convolutions only) and its block type."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from dmao.encoders.common import BlockEncoder, EncoderConfig, feed_forward, self_attention
+from dmao.encoders.common import EncoderConfig, feed_forward, self_attention
 from dmao.encoders.layout import Layout
+from dmao.encoders.registry import BlockType, register_block_type
 from dmao.modules.convolution import Convolution, ConvolutionConfig
 
 # The feed-forward modules add half their output (macaron style).
@@ -48,12 +49,21 @@ class ConformerBlock(nn.Module):
         return self.final_norm(x)
 
 
-class ConformerEncoder(BlockEncoder):
-    """A stack of :class:`ConformerBlock` (positional information comes from the convolutions only)."""
+def _check_module_order(cfg: EncoderConfig) -> None:
+    order, modules = cfg.module_order, CONFORMER.module_names
+    if sorted(order) != sorted(modules) or order[0] != "ff1" or order[-1] != "ff2":
+        raise ValueError(
+            f"EncoderConfig.module_order must order {sorted(modules)} with ff1 first and ff2 last, got {list(order)}"
+        )
 
-    block_type = "conformer"
 
-    def build_block(
-        self, cfg: EncoderConfig, layout: Layout, counts: dict[str, int], reference: dict[str, int]
-    ) -> ConformerBlock:
-        return ConformerBlock(cfg, layout, counts, reference)
+CONFORMER = register_block_type(
+    BlockType(
+        name="conformer",
+        block=ConformerBlock,
+        module_names=("ff1", "mhsa", "conv", "ff2"),
+        channel_module="conv",
+        conv_expansion=1,
+        check_config=_check_module_order,
+    )
+)

@@ -1,12 +1,13 @@
-"""The E-Branchformer encoder, built from a layout."""
+"""The E-Branchformer block and its block type."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from dmao.encoders.common import BlockEncoder, EncoderConfig, feed_forward, self_attention
+from dmao.encoders.common import EncoderConfig, feed_forward, self_attention
 from dmao.encoders.layout import Layout
+from dmao.encoders.registry import BlockType, register_block_type
 from dmao.modules.cgmlp import CgMLP, CgMLPConfig
 from dmao.modules.merge import Merge, MergeConfig
 
@@ -48,12 +49,14 @@ class EBranchformerBlock(nn.Module):
         return self.final_norm(x)
 
 
-class EBranchformerEncoder(BlockEncoder):
-    """A stack of :class:`EBranchformerBlock`."""
-
-    block_type = "ebranchformer"
-
-    def build_block(
-        self, cfg: EncoderConfig, layout: Layout, counts: dict[str, int], reference: dict[str, int]
-    ) -> EBranchformerBlock:
-        return EBranchformerBlock(cfg, layout, counts, reference)
+# The paper's reference models: cgMLP H = 6 d, i.e. halves of 3 d.
+EBRANCHFORMER = register_block_type(
+    BlockType(
+        name="ebranchformer",
+        block=EBranchformerBlock,
+        module_names=("ff1", "mhsa", "cgmlp", "ff2"),
+        channel_module="cgmlp",
+        conv_expansion=3,
+        fixed_modules=("merge",),
+    )
+)

@@ -7,22 +7,17 @@ model from it before loading the weights, so a re-allocated (heterogeneous) mode
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-BlockType = Literal["conformer", "ebranchformer"]
-
-# Resizable modules of one block, in the order a layout table prints them.
-BLOCK_MODULES: dict[str, tuple[str, ...]] = {
-    "conformer": ("ff1", "mhsa", "conv", "ff2"),
-    "ebranchformer": ("ff1", "mhsa", "cgmlp", "ff2"),
-}
+from dmao.encoders.registry import block_type
 
 
 @dataclass
 class Layout:
     """Per-layer group counts plus the fixed size of one group of each kind."""
 
-    block_type: BlockType
+    block_type: str
+    """A registered block type (:mod:`dmao.encoders.registry`)."""
     d_model: int
     head_dim: int
     """Attention head size; one head is one group."""
@@ -34,8 +29,10 @@ class Layout:
     """One mapping per layer from module name (``ff1``, ``mhsa``, ``conv``/``cgmlp``, ``ff2``) to its group count."""
 
     def __post_init__(self) -> None:
-        if self.block_type not in BLOCK_MODULES:
-            raise ValueError(f"layout.block_type must be one of {sorted(BLOCK_MODULES)}, got {self.block_type!r}")
+        try:
+            block_type(self.block_type)
+        except ValueError as err:
+            raise ValueError(f"layout.block_type: {err}") from None
         for name in ("d_model", "head_dim", "ff_group_size", "conv_group_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"layout.{name} must be positive, got {getattr(self, name)}")
@@ -49,7 +46,7 @@ class Layout:
 
     @property
     def module_names(self) -> tuple[str, ...]:
-        return BLOCK_MODULES[self.block_type]
+        return block_type(self.block_type).module_names
 
     @property
     def num_layers(self) -> int:
@@ -58,7 +55,7 @@ class Layout:
     @classmethod
     def uniform(
         cls,
-        block_type: BlockType,
+        kind: str,
         num_layers: int,
         d_model: int,
         *,
@@ -78,10 +75,11 @@ class Layout:
             raise ValueError(f"FFN hidden size {ff_hidden} is not divisible into {ff_groups} groups")
         if conv_channels % conv_groups:
             raise ValueError(f"{conv_channels} conv channels are not divisible into {conv_groups} groups")
-        middle = "conv" if block_type == "conformer" else "cgmlp"
-        layer = {"ff1": ff_groups, "mhsa": d_model // head_dim, middle: conv_groups, "ff2": ff_groups}
+        spec = block_type(kind)
+        counts = {"ff1": ff_groups, "mhsa": d_model // head_dim, spec.channel_module: conv_groups, "ff2": ff_groups}
+        layer = {name: counts[name] for name in spec.module_names}
         return cls(
-            block_type=block_type,
+            block_type=kind,
             d_model=d_model,
             head_dim=head_dim,
             ff_group_size=ff_hidden // ff_groups,

@@ -6,18 +6,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dmao.encoders import ConformerEncoder, EncoderConfig
+from dmao.encoders import Encoder, EncoderConfig
 from dmao.encoders.conformer import ConformerBlock
 
 ORDERS = [("ff1", "conv", "mhsa", "ff2"), ("ff1", "mhsa", "conv", "ff2")]
 
 
-def encoder(order: tuple[str, ...], **layer0: int) -> ConformerEncoder:
+def encoder(order: tuple[str, ...], **layer0: int) -> Encoder:
     cfg = EncoderConfig(num_layers=1, d_model=16, head_dim=4, conv_kernel_size=5, module_order=order)
     layout = cfg.starting_layout()
     layout.layers[0].update(layer0)
     torch.manual_seed(0)
-    return ConformerEncoder(cfg, layout).eval()
+    return Encoder(cfg, layout).eval()
 
 
 def reference_block(block: ConformerBlock, x: torch.Tensor, mask: torch.Tensor, order: tuple[str, ...]) -> torch.Tensor:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dmao.encoders import EBranchformerEncoder, EncoderConfig
+from dmao.encoders import Encoder, EncoderConfig
 from dmao.encoders.ebranchformer import EBranchformerBlock
 
 
@@ -29,7 +29,7 @@ def test_block_matches_its_definition(layer0: dict[str, int]) -> None:
     layout = cfg.starting_layout()
     layout.layers[0].update(layer0)
     torch.manual_seed(0)
-    model = EBranchformerEncoder(cfg, layout).eval()
+    model = Encoder(cfg, layout).eval()
     x, mask = torch.randn(2, 7, 16), torch.arange(7)[None, :] < torch.tensor([[7], [4]])
     out = model(x, mask)
     torch.testing.assert_close(out, reference_block(model.layers[0], x, mask))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dmao.encoders import BLOCK_MODULES, ConformerEncoder, EBranchformerEncoder, EncoderConfig, Layout
-from dmao.encoders.common import BlockEncoder
+from dmao.encoders import Encoder, EncoderConfig, Layout, block_type_names
+from dmao.encoders.registry import block_type as registered_block_type
 from dmao.resizable import Resizable
 
 
@@ -16,9 +16,9 @@ def small_config(block_type: str, **kw) -> EncoderConfig:
     )
 
 
-def build(cfg: EncoderConfig, layout: Layout | None = None) -> BlockEncoder:
+def build(cfg: EncoderConfig, layout: Layout | None = None) -> Encoder:
     torch.manual_seed(0)
-    encoder = (ConformerEncoder if cfg.block_type == "conformer" else EBranchformerEncoder)(cfg, layout)
+    encoder = Encoder(cfg, layout)
     # Non-trivial running statistics, as after training.
     with torch.no_grad():
         for name, buffer in encoder.named_buffers():
@@ -72,7 +72,7 @@ def test_heterogeneous_layout_builds_runs_and_round_trips_through_its_state_dict
 def test_resizable_modules_are_named_by_their_path(block_type: str) -> None:
     encoder = build(small_config(block_type, group_gates=True))
     modules = encoder.resizable_modules()
-    names = BLOCK_MODULES[block_type]
+    names = registered_block_type(block_type).module_names
     assert list(modules) == [f"layers.{i}.{name}" for i in range(2) for name in names]
     for path, module in modules.items():
         assert encoder.get_submodule(path) is module
@@ -92,9 +92,20 @@ def test_layout_must_match_the_configuration() -> None:
     cfg = small_config("conformer")
     other = EncoderConfig(block_type="conformer", num_layers=2, d_model=16, head_dim=8).starting_layout()
     with pytest.raises(ValueError, match="layout.head_dim"):
-        ConformerEncoder(cfg, other)
-    with pytest.raises(ValueError, match="block_type"):
-        EBranchformerEncoder(cfg)
+        Encoder(cfg, other)
+    with pytest.raises(ValueError, match="layout.block_type"):
+        Encoder(cfg, small_config("ebranchformer").starting_layout())
+
+
+def test_block_types_come_from_one_registry() -> None:
+    assert block_type_names() == ["conformer", "ebranchformer"]
+    with pytest.raises(ValueError, match="unknown block type 'transformer'; known: conformer, ebranchformer"):
+        EncoderConfig(block_type="transformer")
+    with pytest.raises(ValueError, match="unknown block type"):
+        Layout(block_type="transformer", d_model=16, head_dim=4, ff_group_size=16, conv_group_size=4)
+    ebf = small_config("ebranchformer")
+    assert ebf.conv_expansion == registered_block_type("ebranchformer").conv_expansion == 3
+    assert set(ebf.starting_layout().layers[0]) == {"ff1", "mhsa", "cgmlp", "ff2"}
 
 
 @pytest.mark.parametrize(
