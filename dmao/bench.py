@@ -1,13 +1,14 @@
 """The two costs DMAO adds to training, measured on synthetic data (``dmao bench overhead|event``).
 
-* ``overhead``: the same training step (forward, CTC loss, backward, clipping, AdamW) with and without the engine's
-  per-step calls (``before_forward``, ``after_backward``), interleaved in one process in blocks of steps
-  (off, on, on, off, off, on, ...) so that drifting machine load hits both arms alike. The result is the throughput
-  ratio on/off (= step time off / step time on).
+* ``overhead``: the training loop's own step (:func:`dmao.training.step.train_step`: forward, per-token CTC loss,
+  backward, unscale, clipping, AdamW, LR step) with and without the engine, interleaved in one process in blocks of
+  steps (off, on, on, off, off, on, ...) so that drifting machine load hits both arms alike. The result is the
+  throughput ratio on/off (= step time off / step time on).
 * ``event``: the wall time of one re-allocation event (plan, resize, optimizer-state transplant) on the paper's
   model, with AdamW moments and scores from one real training step.
 
-Random audio and random labels of a fixed shape stand in for data, so only compute is timed. Each benchmark prints
+Random audio and random labels of a fixed shape, in a real :class:`~dmao.data.batches.AudioBatch`, stand in for data,
+so only compute is timed. Each benchmark prints
 readable lines and, last, exactly one JSON line for scripts.
 """
 
@@ -23,54 +24,52 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from dmao.decoding.evaluate import autocast_context
+from dmao.data.batches import AudioBatch
+from dmao.device import amp_dtype_for, resolve_device, synchronize
+from dmao.encoders import block_type_names
 from dmao.encoders.common import EncoderConfig
 from dmao.model import CTCModel, ModelConfig
 from dmao.realloc import EventReport, GrowConfig, Reallocator, ReallocConfig, ScheduleConfig, ScoreConfig
 from dmao.realloc.executor import GrowMode
 from dmao.realloc.scores import SCORE_KINDS, ScoreKind
 from dmao.training.config import RunConfig, TrainConfig, load_run_config
-from dmao.training.loop import amp_dtype_for, resolve_device
+from dmao.training.step import build_optimization, train_step
 
 REFERENCE_VOCAB = 128
 """Output labels incl. the blank with which the paper's parameter counts are reproduced (see tests/test_model.py)."""
 TOKENS_PER_SECOND = 12
 """Label rate of the synthetic targets: about the character rate of read speech, and alignable by CTC at the
 encoder's 25 frames per second."""
-SAMPLE_RATE = 16000
 NEVER = 10**9
 """``total_steps`` for an engine that only scores: its one event would lie far beyond any benchmark."""
 
 
 # ---------------------------------------------------------------------------------------------------- shared parts
-@dataclass
-class SyntheticBatch:
-    audio: torch.Tensor  # [B, S]
-    audio_lens: torch.Tensor  # [B]
-    targets: torch.Tensor  # [B, U], ids 1 .. vocab_size - 1 (0 is the blank)
-    target_lens: torch.Tensor  # [B]
-
-
 def synthetic_batch(
-    num_utterances: int, seconds: float, vocab_size: int, device: torch.device, seed: int = 0
-) -> SyntheticBatch:
-    """``num_utterances`` utterances of ``seconds`` of Gaussian noise each, with random labels (no padding)."""
+    num_utterances: int, seconds: float, vocab_size: int, sample_rate: int, device: torch.device, seed: int = 0
+) -> AudioBatch:
+    """An :class:`AudioBatch` of ``num_utterances`` utterances of ``seconds`` of Gaussian noise each, with random
+    labels (ids 1 .. vocab_size - 1; no padding), on ``device``."""
     generator = torch.Generator().manual_seed(seed)
-    samples, labels = round(seconds * SAMPLE_RATE), max(1, round(seconds * TOKENS_PER_SECOND))
+    samples, labels = round(seconds * sample_rate), max(1, round(seconds * TOKENS_PER_SECOND))
     audio = 0.1 * torch.randn(num_utterances, samples, generator=generator)  # [B, S]
-    targets = torch.randint(1, vocab_size, (num_utterances, labels), generator=generator)  # [B, U]
-    full = torch.full((num_utterances,), samples), torch.full((num_utterances,), labels)
-    return SyntheticBatch(audio.to(device), full[0].to(device), targets.to(device), full[1].to(device))
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (a no-op on the CPU), so that wall-clock times cover it."""
-    if device.type != "cpu":
-        torch.accelerator.synchronize(device)
+    tokens = torch.randint(1, vocab_size, (num_utterances, labels), generator=generator)  # [B, U]
+    ids = [f"synthetic-{i}" for i in range(num_utterances)]
+    batch = AudioBatch(
+        audio=audio,
+        audio_lens=torch.full((num_utterances,), samples),
+        tokens=tokens,
+        token_lens=torch.full((num_utterances,), labels),
+        texts=[""] * num_utterances,
+        cut_ids=ids,
+        skipped=[],
+        sample_rate=sample_rate,
+    )
+    return batch.to(device)
 
 
 def _cpu_name() -> str:
@@ -100,34 +99,6 @@ def device_description(device: torch.device) -> dict[str, Any]:
 
 def _describe(info: dict[str, Any]) -> str:
     return f"{info['device']} ({info['device_name']}; {info['cpu_count']} CPUs, {info['threads']} torch threads)"
-
-
-def train_step(
-    model: CTCModel,
-    optimizer: torch.optim.Optimizer,
-    batch: SyntheticBatch,
-    grad_clip: float,
-    amp_dtype: torch.dtype | None = None,
-    engine: Reallocator | None = None,
-    step: int = 1,
-) -> None:
-    """One training step as the training loop takes it; with ``engine``, its per-step calls at their places."""
-    device = batch.audio.device
-    if engine is not None:
-        engine.before_forward(step)
-    with autocast_context(device, amp_dtype):
-        log_probs, out_lens = model(batch.audio, batch.audio_lens)  # [B, T', V], [B]
-    loss = model.ctc_loss(log_probs, out_lens, batch.targets, batch.target_lens).mean()
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if engine is not None:  # before clipping, as in the training loop
-        engine.after_backward(step)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-
-
-def _adamw(model: CTCModel, train: TrainConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW(model.parameters(), lr=train.peak_lr, betas=train.betas, weight_decay=train.weight_decay)
 
 
 def _check_positive(obj: Any, *names: str) -> None:
@@ -208,18 +179,17 @@ def run_overhead(run_cfg: RunConfig, cfg: OverheadBenchConfig, device: torch.dev
         raise ValueError("the learnable score needs group gates: add the override model.encoder.group_gates=true")
     torch.manual_seed(cfg.seed)
     model = CTCModel(model_cfg, cfg.vocab_size).to(device).train()
-    optimizer = _adamw(model, run_cfg.train)
     amp_dtype = amp_dtype_for(run_cfg.train.amp, device)
+    opt = build_optimization(model, run_cfg.train, device, amp_dtype)
     engine = Reallocator(model.resizable_modules(), ReallocConfig(score=cfg.score), total_steps=NEVER, seed=cfg.seed)
-    batch = synthetic_batch(cfg.utterances, cfg.seconds, cfg.vocab_size, device, cfg.seed)
-    grad_clip = run_cfg.train.grad_clip
+    batch = synthetic_batch(cfg.utterances, cfg.seconds, cfg.vocab_size, model.sample_rate, device, cfg.seed)
     step = 0
 
     def timed(use_engine: bool) -> float:
         nonlocal step
         step += 1
         started = time.perf_counter()
-        train_step(model, optimizer, batch, grad_clip, amp_dtype, engine if use_engine else None, step)
+        train_step(model, batch, step, opt, engine if use_engine else None, amp_dtype)
         synchronize(device)  # the training loop syncs every step too (it logs the loss)
         return time.perf_counter() - started
 
@@ -323,7 +293,7 @@ def report_overhead(result: OverheadResult, cfg: OverheadBenchConfig, info: dict
 # ---------------------------------------------------------------------------------------------------- event
 @dataclass
 class EventBenchConfig:
-    block_type: Literal["conformer", "ebranchformer"] = "conformer"
+    block_type: str = "conformer"
     d_model: int = 384
     """384: the paper's 42 M Conformer / 57 M E-Branchformer (12 layers, head dim 64, 4 groups per FFN and conv)."""
     vocab_size: int = REFERENCE_VOCAB
@@ -375,12 +345,12 @@ def run_event(cfg: EventBenchConfig, device: torch.device) -> EventResult:
     """One training step of the paper-sized model, then ``repeats`` events, each on a fresh copy of its state."""
     torch.manual_seed(cfg.seed)
     model = CTCModel(cfg.model(), cfg.vocab_size).to(device).train()
-    train = TrainConfig()
-    optimizer = _adamw(model, train)
+    opt = build_optimization(model, TrainConfig(), device, amp_dtype=None)
+    optimizer = opt.optimizer
     engine = Reallocator(model.resizable_modules(), cfg.realloc(), total_steps=1, seed=cfg.seed)
-    batch = synthetic_batch(cfg.utterances, cfg.seconds, cfg.vocab_size, device, cfg.seed)
+    batch = synthetic_batch(cfg.utterances, cfg.seconds, cfg.vocab_size, model.sample_rate, device, cfg.seed)
     started = time.perf_counter()
-    train_step(model, optimizer, batch, train.grad_clip, engine=engine, step=1)
+    train_step(model, batch, 1, opt, engine)
     synchronize(device)
     step_seconds = time.perf_counter() - started
     engine_state = engine.state_dict()
@@ -539,7 +509,7 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         "on a synthetic batch, then times the event (plan, resize, optimizer-state transplant) on fresh "
         "copies.",
     )
-    event.add_argument("--block-type", choices=["conformer", "ebranchformer"], default="conformer")
+    event.add_argument("--block-type", choices=block_type_names(), default="conformer")
     event.add_argument("--d-model", type=int, default=384, help="256, 384 or 512 for the paper's sizes (default 384)")
     event.add_argument("--device", default="auto")
     event.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")

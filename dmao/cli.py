@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,8 +33,9 @@ def _setup_logging(run_dir: Path | None = None) -> None:
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
+    from dmao.decoding.evaluate import wer_table
     from dmao.training.config import load_run_config
-    from dmao.training.loop import run_training, wer_table
+    from dmao.training.loop import run_training
 
     config, overrides = _split_config_args(ns.args)
     cfg = load_run_config(config, overrides)
@@ -50,9 +52,10 @@ def cmd_data_synth(ns: argparse.Namespace) -> int:
     from dmao.training.config import load_run_config
 
     config, overrides = _split_config_args(ns.args)
-    cfg = load_run_config(config, overrides).data
+    cfg = load_run_config(config, overrides)
     _setup_logging()
-    paths = synthesize_corpus(cfg.synth, Path(cfg.cache_dir).expanduser() / "embedded", num_jobs=ns.jobs)
+    cache = Path(cfg.data.cache_dir).expanduser() / "embedded"
+    paths = synthesize_corpus(cfg.data.synth, cache, cfg.model.features.sample_rate, num_jobs=ns.jobs)
     for split, path in paths.items():
         print(f"{split}\t{path}")
     return 0
@@ -63,46 +66,62 @@ def cmd_data_prepare(ns: argparse.Namespace) -> int:
     from dmao.training.config import load_run_config
 
     config, overrides = _split_config_args(ns.args)
-    cfg = load_run_config(config, overrides).data
+    cfg = load_run_config(config, overrides)
     _setup_logging()
-    for split, cuts in load_splits(cfg, num_jobs=ns.jobs).items():
+    for split, cuts in load_splits(cfg.data, cfg.model.features.sample_rate, num_jobs=ns.jobs).items():
         hours = sum(c.duration for c in cuts) / 3600
         print(f"{split}\t{len(cuts)} utterances\t{hours:.2f} h")
     return 0
 
 
 def _load_model(path: str, device: str):
-    from dmao.training.checkpoint import load_checkpoint
-    from dmao.training.loop import model_from_checkpoint, resolve_device
+    from dmao.device import resolve_device
+    from dmao.training.checkpoint import load_checkpoint, model_from_checkpoint
 
     return model_from_checkpoint(load_checkpoint(path), resolve_device(device))
+
+
+_MANIFEST_SUFFIXES = (".gz", ".jsonl", ".json", ".yaml", ".yml")
+
+
+def manifest_label(path: str) -> str:
+    """What a manifest's results are called: its file name without the manifest suffixes (``cuts_dev.jsonl.gz`` ->
+    ``cuts_dev``), reduced to characters that are safe in a file name."""
+    name = Path(path).name
+    while any(name.endswith(suffix) for suffix in _MANIFEST_SUFFIXES):
+        name = name[: name.rindex(".")]
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "manifest"
 
 
 def cmd_eval(ns: argparse.Namespace) -> int:
     from lhotse import CutSet
 
     from dmao.data.corpus import clean_cuts, load_splits
-    from dmao.decoding.evaluate import evaluate
-    from dmao.training.loop import amp_dtype_for, wer_table, write_transcripts
+    from dmao.decoding.evaluate import evaluate, wer_table, write_transcripts
+    from dmao.device import amp_dtype_for
 
     _setup_logging()
     model, tokenizer, cfg = _load_model(ns.checkpoint, ns.device)
     if ns.manifest:
-        sets = {Path(ns.manifest).name: clean_cuts(CutSet.from_file(ns.manifest), cfg.data, ns.manifest)[0]}
+        cuts = clean_cuts(CutSet.from_file(ns.manifest), cfg.data, ns.manifest, model.sample_rate)[0]
+        sets = {manifest_label(ns.manifest): cuts}
     else:
-        splits = load_splits(cfg.data, progress=False)
+        splits = load_splits(cfg.data, model.sample_rate, progress=False)
         missing = [s for s in ns.split if s not in splits]
         if missing:
             raise ValueError(f"split(s) {missing} not in corpus {cfg.data.corpus!r} (has {sorted(splits)})")
         sets = {s: splits[s] for s in ns.split}
     device = next(model.parameters()).device
+    output = Path(ns.output) if ns.output else None
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
     scores = {}
     for name, cuts in sets.items():
         scores[name], transcripts, skipped = evaluate(
             model, cuts, tokenizer, ns.max_duration, amp_dtype_for(cfg.train.amp, device)
         )
-        if ns.output:
-            write_transcripts(Path(ns.output) / f"hyp_{name}.txt", transcripts)
+        if output is not None:
+            write_transcripts(output / f"hyp_{name}.txt", transcripts)
         for reason in skipped:
             logging.warning("skipped unreadable audio: %s", reason)
     print(wer_table(scores))
@@ -120,7 +139,7 @@ def cmd_transcribe(ns: argparse.Namespace) -> int:
     model, tokenizer, _ = _load_model(ns.checkpoint, ns.device)
     device = next(model.parameters()).device
     for path in ns.audio:
-        samples = load_audio(path, sample_rate=16000)  # resampled, down-mixed; errors name the file
+        samples = load_audio(path, sample_rate=model.sample_rate)  # resampled, down-mixed; errors name the file
         audio, lens = pad_stack([np.asarray(samples)], torch.float32)
         with torch.no_grad():
             log_probs, out_lens = model(audio.to(device), lens.to(device))
@@ -193,14 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--manifest", help="a lhotse cut manifest to score instead of the corpus splits")
     ev.add_argument("--max-duration", type=float, default=400.0, help="seconds of audio per batch")
     ev.add_argument("--device", default="auto")
-    ev.add_argument("--output", help="folder to write hyp_<split>.txt into")
+    ev.add_argument(
+        "--output",
+        help="folder (created if needed) for hyp_<split>.txt, or hyp_<manifest name>.txt with --manifest "
+        "(cuts_dev.jsonl.gz -> hyp_cuts_dev.txt)",
+    )
     ev.set_defaults(func=cmd_eval)
 
     tr = sub.add_parser(
         "transcribe",
         help="transcribe audio files with a checkpoint",
         description="Print one line per file: path, tab, transcript. Any format libsndfile reads "
-        "(wav, flac, ogg, mp3), any sample rate (resampled to 16 kHz), mono or not.",
+        "(wav, flac, ogg, mp3), any sample rate (resampled to the model's), mono or not.",
     )
     tr.add_argument("checkpoint", help="a ckpt-*.pt file, a run dir or its checkpoints/ folder (newest is taken)")
     tr.add_argument("audio", nargs="+")

@@ -52,6 +52,11 @@ class CTCModel(nn.Module):
         self.feature_normalization = cfg.feature_normalization
         self.output = nn.Linear(cfg.encoder.d_model, vocab_size)
 
+    @property
+    def sample_rate(self) -> int:
+        """The audio sample rate the features expect (``model.features.sample_rate``: the one source of it)."""
+        return self.features.cfg.sample_rate
+
     def forward(self, audio: torch.Tensor, audio_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """
         :param audio: [B, S] waveforms, zero-padded

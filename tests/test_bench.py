@@ -16,6 +16,7 @@ from dmao.bench import (
     run_overhead,
     synthetic_batch,
 )
+from dmao.data.batches import AudioBatch
 from dmao.realloc import ScoreConfig
 from dmao.training.config import load_run_config
 
@@ -103,14 +104,35 @@ def test_bad_settings_name_the_field() -> None:
         OverheadBenchConfig(vocab_size=1)
 
 
-def test_synthetic_batch_is_alignable_and_fixed() -> None:
-    batch = synthetic_batch(3, 0.5, 5, torch.device("cpu"), seed=1)
+def test_synthetic_batch_is_a_real_alignable_fixed_batch() -> None:
+    batch = synthetic_batch(3, 0.5, 5, 16000, torch.device("cpu"), seed=1)
+    assert isinstance(batch, AudioBatch) and batch.seconds == pytest.approx(1.5)
     assert batch.audio.shape == (3, 8000) and batch.audio_lens.tolist() == [8000] * 3
-    assert batch.targets.shape == (3, 6) and batch.target_lens.tolist() == [6] * 3  # 12 labels per second
-    assert int(batch.targets.min()) >= 1 and int(batch.targets.max()) <= 4  # never the blank
+    assert batch.tokens.shape == (3, 6) and batch.token_lens.tolist() == [6] * 3  # 12 labels per second
+    assert int(batch.tokens.min()) >= 1 and int(batch.tokens.max()) <= 4  # never the blank
     # 0.5 s -> 50 frames -> 12 after 4x subsampling: room for 6 labels even with repeats
-    again = synthetic_batch(3, 0.5, 5, torch.device("cpu"), seed=1)
-    assert torch.equal(batch.audio, again.audio) and torch.equal(batch.targets, again.targets)
+    again = synthetic_batch(3, 0.5, 5, 16000, torch.device("cpu"), seed=1)
+    assert torch.equal(batch.audio, again.audio) and torch.equal(batch.tokens, again.tokens)
+
+
+def test_the_benchmark_times_the_training_loops_step(monkeypatch) -> None:
+    """Every timed step goes through dmao.training.step.train_step, the function the training loop calls."""
+    import dmao.bench
+    from dmao.training import step as step_module
+
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("engine", args[4] if len(args) > 4 else None) is not None)
+        return step_module.train_step(*args, **kwargs)
+
+    monkeypatch.setattr(dmao.bench, "train_step", counting)
+    run_cfg = load_run_config("smoke", TINY_MODEL)
+    cfg = OverheadBenchConfig(utterances=1, seconds=0.5, vocab_size=8, warmup_steps=1, block_steps=1, pairs=2,
+                              engine_calls=1)  # fmt: skip
+    result = run_overhead(run_cfg, cfg, torch.device("cpu"))
+    assert len(calls) == 1 + 2 * 2 and sum(calls) == 1 + 2  # warm-up and "on" blocks with the engine
+    assert result.measurements == 3
 
 
 def test_event_ends_with_its_json_line(capsys: pytest.CaptureFixture[str]) -> None:

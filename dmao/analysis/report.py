@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dmao.analysis.run import load_training_checkpoint
 from dmao.model import CTCModel
-from dmao.training.checkpoint import resolve_checkpoint
-from dmao.training.loop import model_from_checkpoint
+from dmao.training.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 
 
 def _type_table(
@@ -37,7 +35,7 @@ def layout_report(checkpoint_path: str | Path) -> str:
     per layer, groups and parameters per module type, and, where it differs from the configuration's starting layout,
     that layout and the change per module type."""
     path = resolve_checkpoint(checkpoint_path)
-    state = load_training_checkpoint(path, "layout", "config", "tokenizer", "model")
+    state = load_checkpoint(path)
     model, tokenizer, cfg = model_from_checkpoint(state)
     layout, start = model.layout(), cfg.model.encoder.starting_layout()
     params = model.parameter_counts()

@@ -19,15 +19,6 @@ from dmao.training.config import RunConfig
 from dmao.training.metrics import read_metrics
 
 
-def load_training_checkpoint(path: Path, *entries: str) -> dict[str, Any]:
-    """A checkpoint of the training loop, checked to hold ``entries``."""
-    state = load_checkpoint(path)
-    for key in entries:
-        if key not in state:
-            raise CheckpointError(f"checkpoint {path} has no {key!r} entry (not a dmao training checkpoint?)")
-    return state
-
-
 def superseded_removed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Records in file order without those a resumed run wrote again: a record whose step is not after the previous
     record of its series (its kind, and its split for evaluations) starts a new segment, and it replaces the earlier
@@ -103,7 +94,7 @@ def load_run(run_dir: str | Path) -> RunHistory:
     events = [r for r in records if r["kind"] == "event"]
 
     checkpoints = list_checkpoints(run_dir / "checkpoints")
-    state = load_training_checkpoint(checkpoints[-1], "layout", "step", "config") if checkpoints else None
+    state = load_checkpoint(checkpoints[-1]) if checkpoints else None
     if state is not None and events and events[-1]["step"] > state["step"]:
         state = None  # the run went on past its last checkpoint and changed its layout since
     if state is not None:

@@ -14,7 +14,7 @@ class AudioError(ValueError):
     """An audio file is missing, unreadable or empty; the message names the file."""
 
 
-def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
+def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     """Samples of ``path`` as float32 mono in [-1, 1] at ``sample_rate``: channels are averaged, and a file at
     another rate is resampled with a polyphase filter (``scipy.signal.resample_poly``) by the reduced ratio
     ``sample_rate / file_rate``. Reads every format the installed libsndfile supports (wav, flac, ogg, mp3, ...)."""

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -30,26 +31,20 @@ class AudioBatch:
     cut_ids: list[str]
     skipped: list[str]
     """Cuts of this batch whose audio could not be read, with the reason."""
-    epoch: int = 0
-    index: int = 0
-    """Position of this batch in the sampler, for resuming."""
+    sample_rate: int
 
     @property
     def seconds(self) -> float:
-        return float(self.audio_lens.sum()) / 16000.0
+        return float(self.audio_lens.sum()) / self.sample_rate
 
     def to(self, device: torch.device) -> AudioBatch:
-        return AudioBatch(
-            self.audio.to(device, non_blocking=True),
-            self.audio_lens.to(device),
-            self.tokens.to(device),
-            self.token_lens.to(device),
-            self.texts,
-            self.cut_ids,
-            self.skipped,
-            self.epoch,
-            self.index,
-        )
+        tensors = {
+            "audio": self.audio,
+            "audio_lens": self.audio_lens,
+            "tokens": self.tokens,
+            "token_lens": self.token_lens,
+        }
+        return replace(self, **{name: t.to(device, non_blocking=True) for name, t in tensors.items()})
 
 
 def pad_stack(rows: list[np.ndarray | list[int]], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,17 +57,26 @@ def pad_stack(rows: list[np.ndarray | list[int]], dtype: torch.dtype) -> tuple[t
 
 
 class AudioBatchDataset(torch.utils.data.Dataset):
-    """Maps one sampler batch (epoch, index, cuts) to an :class:`AudioBatch`. A cut whose audio is missing, corrupt
-    or silent is left out of its batch and reported in ``skipped`` (naming the cut and file),
-    so one bad file never stops training."""
+    """Maps a :class:`CutSet` (one sampler batch) to an :class:`AudioBatch`. A cut whose audio is missing, corrupt or
+    silent is left out of its batch and reported in ``skipped`` (naming the cut and file), so one bad file never
+    stops training; a cut at another sample rate than ``sample_rate`` is an error (corpus preparation resamples).
 
-    def __init__(self, tokenizer: Tokenizer | None) -> None:
-        self.tokenizer = tokenizer  # None: audio only (decoding needs no targets)
+    :param tokenizer: encodes the transcripts; ``None`` for audio only (decoding needs no targets)
+    :param sample_rate: the rate the model's features expect
+    """
 
-    def __getitem__(self, position: tuple[int, int, CutSet]) -> AudioBatch:
-        epoch, index, cuts = position
+    def __init__(self, tokenizer: Tokenizer | None, sample_rate: int) -> None:
+        self.tokenizer = tokenizer
+        self.sample_rate = sample_rate
+
+    def __getitem__(self, cuts: CutSet) -> AudioBatch:
         audio, tokens, texts, ids, skipped = [], [], [], [], []
         for cut in cuts:
+            if cut.sampling_rate != self.sample_rate:
+                raise ValueError(
+                    f"cut {cut.id} ({_source(cut)}) is at {cut.sampling_rate} Hz, the model's features expect "
+                    f"{self.sample_rate} Hz: prepare the corpus with this sample rate (it resamples)"
+                )
             text = cut.supervisions[0].text
             try:
                 samples = cut.load_audio()[0].astype(np.float32)  # [S]; lhotse resamples lazily where needed
@@ -88,7 +92,7 @@ class AudioBatchDataset(torch.utils.data.Dataset):
             ids.append(cut.id)
         audio_t, audio_lens = pad_stack(audio, torch.float32)
         tokens_t, token_lens = pad_stack(tokens, torch.long)
-        return AudioBatch(audio_t, audio_lens, tokens_t, token_lens, texts, ids, skipped, epoch, index)
+        return AudioBatch(audio_t, audio_lens, tokens_t, token_lens, texts, ids, skipped, self.sample_rate)
 
 
 def _source(cut) -> str:
@@ -99,11 +103,13 @@ def _source(cut) -> str:
 
 
 class ResumableSampler(torch.utils.data.Sampler):
-    """Dynamic bucketing by duration over endless epochs, resumable at any batch.
+    """Dynamic bucketing by duration over endless epochs, resumable at any batch; yields one :class:`CutSet` per
+    batch.
 
-    The DataLoader prefetches, so the inner sampler's own position runs ahead of training; the position saved here is
-    the one the training loop reports as consumed (``epoch``, ``batches_done``). Resuming replays the same epoch with
-    the same seed and skips the consumed batches (cheap: cut metadata only, no audio)."""
+    The DataLoader prefetches, so this sampler runs ahead of training; the position saved is the one the training
+    loop reports with :meth:`consumed` once per batch it received (batches arrive in sampler order), not how far the
+    sampler has read. Resuming replays the same epoch with the same seed and skips the consumed batches (cheap: cut
+    metadata only, no audio)."""
 
     def __init__(
         self,
@@ -129,8 +135,11 @@ class ResumableSampler(torch.utils.data.Sampler):
             )
         self.epoch = 0
         self.batches_done = 0
+        """Batches of :attr:`epoch` the training loop has consumed."""
+        self._handed_out: deque[tuple[int, int]] = deque()  # (epoch, index) of batches yielded, not yet consumed
 
-    def __iter__(self) -> Iterator[tuple[int, int, CutSet]]:
+    def __iter__(self) -> Iterator[CutSet]:
+        self._handed_out.clear()
         epoch, skip = self.epoch, self.batches_done
         while True:
             self.sampler.set_epoch(epoch)
@@ -138,17 +147,24 @@ class ResumableSampler(torch.utils.data.Sampler):
             for index, batch in enumerate(self.sampler):
                 produced += 1
                 if index >= skip:
-                    yield epoch, index, batch
+                    self._handed_out.append((epoch, index))
+                    yield batch
             if produced == 0:
                 raise ValueError("the sampler produced no batch: the corpus is empty or max_duration too small")
             epoch, skip = epoch + 1, 0
 
-    def consumed(self, epoch: int, index: int) -> None:
-        """Record that the training loop has finished batch ``index`` of ``epoch``."""
-        self.epoch, self.batches_done = epoch, index + 1
+    def consumed(self) -> None:
+        """Record that the training loop has finished the oldest batch it received and not yet reported."""
+        if not self._handed_out:
+            raise RuntimeError("consumed() without a batch handed out by this sampler's iterator")
+        self.epoch, index = self._handed_out.popleft()
+        self.batches_done = index + 1
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "batches_done": self.batches_done}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])
+        state = dict(state)
+        self.epoch, self.batches_done = int(state.pop("epoch")), int(state.pop("batches_done"))
+        if state:
+            raise ValueError(f"sampler state: unexpected keys {sorted(state)}")

@@ -3,7 +3,8 @@
 Sources: the embedded synthetic corpus (no download), a lhotse recipe over audio the user brings (LibriSpeech,
 TED-LIUM v2, Switchboard + Hub5'00), ready lhotse manifests, or Kaldi data directories. Every source ends in the same
 cleaning pass: transcripts normalised with the corpus's rules, empty transcripts and clips outside the duration limits
-dropped and counted, recordings at another sample rate resampled lazily to 16 kHz.
+dropped and counted, recordings at another sample rate resampled lazily to the rate the model's features expect
+(``model.features.sample_rate``, passed in by the caller: the one source of the sample rate).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from dmao.data.synth import SynthConfig, synthesize_corpus
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 CorpusName = Literal["embedded", "librispeech", "tedlium2", "switchboard", "manifests", "kaldi"]
 
 # Lhotse recipe names of each corpus's dev and test parts (Switchboard's test set is Hub5'00 = eval2000).
@@ -88,6 +88,7 @@ def normalize_transcript(text: str) -> str:
 
 @dataclass
 class CleaningReport:
+    sample_rate: int
     kept: int = 0
     empty_transcript: int = 0
     too_short: int = 0
@@ -97,13 +98,13 @@ class CleaningReport:
     def summary(self) -> str:
         return (
             f"kept {self.kept}; dropped {self.empty_transcript} with empty transcripts, {self.too_short} shorter "
-            f"and {self.too_long} longer than the limits; {self.resampled} resampled to {SAMPLE_RATE} Hz"
+            f"and {self.too_long} longer than the limits; {self.resampled} resampled to {self.sample_rate} Hz"
         )
 
 
-def clean_cuts(cuts: CutSet, cfg: DataConfig, name: str) -> tuple[CutSet, CleaningReport]:
-    """One supervision per cut with a normalised, non-empty transcript; duration limits; 16 kHz."""
-    report = CleaningReport()
+def clean_cuts(cuts: CutSet, cfg: DataConfig, name: str, sample_rate: int) -> tuple[CutSet, CleaningReport]:
+    """One supervision per cut with a normalised, non-empty transcript; duration limits; ``sample_rate``."""
+    report = CleaningReport(sample_rate)
     kept = []
     for cut in cuts:
         text = normalize_transcript(" ".join(s.text or "" for s in cut.supervisions))
@@ -124,8 +125,8 @@ def clean_cuts(cuts: CutSet, cfg: DataConfig, name: str) -> tuple[CutSet, Cleani
                 cfg.max_utterance_seconds,
             )
             continue
-        if cut.sampling_rate != SAMPLE_RATE:
-            cut = cut.resample(SAMPLE_RATE)
+        if cut.sampling_rate != sample_rate:
+            cut = cut.resample(sample_rate)
             report.resampled += 1
         cut.supervisions = [replace(cut.supervisions[0], text=text)]
         kept.append(cut)
@@ -170,7 +171,7 @@ def _recipe_splits(cfg: DataConfig, cache: Path) -> dict[str, CutSet]:
     return splits
 
 
-def _load_given(cfg: DataConfig) -> dict[str, CutSet]:
+def _load_given(cfg: DataConfig, sample_rate: int) -> dict[str, CutSet]:
     splits = {}
     for split, location in cfg.manifests.items():
         path = Path(location).expanduser()
@@ -179,7 +180,7 @@ def _load_given(cfg: DataConfig) -> dict[str, CutSet]:
         if cfg.corpus == "kaldi":
             from lhotse.kaldi import load_kaldi_data_dir
 
-            recordings, supervisions, _ = load_kaldi_data_dir(path, sampling_rate=SAMPLE_RATE)
+            recordings, supervisions, _ = load_kaldi_data_dir(path, sampling_rate=sample_rate)
             if supervisions is None:
                 raise ValueError(f"data.manifests.{split}: Kaldi dir {path} has no 'text' file")
             splits[split] = _cuts_from_manifests({"recordings": recordings, "supervisions": supervisions})
@@ -188,18 +189,19 @@ def _load_given(cfg: DataConfig) -> dict[str, CutSet]:
     return splits
 
 
-def load_splits(cfg: DataConfig, num_jobs: int = 2, progress: bool = True) -> dict[str, CutSet]:
-    """Clean in-memory cut sets for every split of the configured corpus (built or prepared on first use)."""
+def load_splits(cfg: DataConfig, sample_rate: int, num_jobs: int = 2, progress: bool = True) -> dict[str, CutSet]:
+    """Clean in-memory cut sets at ``sample_rate`` for every split of the configured corpus (built or prepared on
+    first use)."""
     cache = Path(cfg.cache_dir).expanduser()
     if cfg.corpus == "embedded":
-        paths = synthesize_corpus(cfg.synth, cache / "embedded", num_jobs=num_jobs, progress=progress)
+        paths = synthesize_corpus(cfg.synth, cache / "embedded", sample_rate, num_jobs=num_jobs, progress=progress)
         raw = {split: CutSet.from_file(path) for split, path in paths.items()}
     elif cfg.corpus in ("manifests", "kaldi"):
-        raw = _load_given(cfg)
+        raw = _load_given(cfg, sample_rate)
     else:
         raw = _recipe_splits(cfg, cache)
     splits = {}
     for split, cuts in raw.items():
-        splits[split], report = clean_cuts(cuts, cfg, f"{cfg.corpus}/{split}")
+        splits[split], report = clean_cuts(cuts, cfg, f"{cfg.corpus}/{split}", sample_rate)
         log.info("%s/%s: %s", cfg.corpus, split, report.summary())
     return splits

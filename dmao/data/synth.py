@@ -1,26 +1,25 @@
 """The embedded default corpus: English speech synthesised offline with espeak-ng, written once to a cache.
 
-Text comes from :mod:`dmao.data.sentences`; audio from :mod:`dmao.data.espeak` at 22.05 kHz, resampled to 16 kHz.
-Every utterance draws its sentence, accent (every English espeak voice), voice variant (the ``voices/!v`` files),
-speaking rate, base pitch, pitch range, noise (random spectral slope from white to brown, random SNR) and level (a
-random gain) from a generator seeded by (recipe seed, split, utterance index), so the corpus is bit-identical for a
-recipe whatever ``num_jobs`` is: workers render utterances in any order, the parent keeps them in index order until
-the split's duration is reached.
+Text comes from :mod:`dmao.data.sentences`; audio from :mod:`dmao.data.espeak` at 22.05 kHz, resampled to the model's
+feature rate (16 kHz by default). Every utterance draws its sentence, accent (every English espeak voice), voice variant
+(the ``voices/!v`` files), speaking rate, base pitch, pitch range, noise (random spectral slope from white to brown,
+random SNR) and level (a random gain) from a generator seeded by (recipe seed, split, utterance index), so the corpus is
+bit-identical for a recipe whatever ``num_jobs`` is: workers render utterances in any order, the parent keeps them in
+index order until the split's duration is reached.
 
-Within a split, every sentence is spoken once before any is repeated, the first pass ordered to bring in new words
-early (a 1 h corpus covers ~2,900 distinct words this way against ~1,900 in random order).
+Within a split, every sentence is spoken once before any is repeated, the first pass ordered to bring in new words early
+(a 1 h corpus covers ~2,900 distinct words this way against ~1,900 in random order).
 
 Splits: the variants and the sentences are each shuffled once and cut into disjoint train / dev / test shares. Test
-speaks sentences and whole voice variants that training never sees, in every accent; dev likewise gets its own
-sentences and its own variants (disjoint from train and test), so dev WER predicts test WER on unseen voices.
+speaks sentences and whole voice variants that training never sees, in every accent; dev likewise gets its own sentences
+and its own variants (disjoint from train and test), so dev WER predicts test WER on unseen voices.
 
 Cache layout (``cache_root/synth-<hash>/``): ``cuts_{train,dev,test}.jsonl.gz`` (one ``MonoCut`` per recording, one
-supervision with the normalised text, ``speaker`` = voice id such as ``en-gb-scotland+m3``, ``language="en"``, the
-drawn synthesis parameters in ``custom``), ``audio/<split>/<id>.flac`` (16 kHz mono, 16 bit) and ``recipe.json``
-(everything the hash covers, plus statistics). The hash covers every config field, :data:`RECIPE_VERSION`, the
-espeak-ng version and voice lists and the sentence pool, so a changed recipe gets a new directory. The directory is
-built under a temporary sibling name and renamed into place when complete; manifests hold absolute paths, so move a
-cache only by rebuilding it.
+supervision with the normalised text, ``speaker`` = voice id such as ``en-gb-scotland+m3``, ``language="en"``, the drawn
+synthesis parameters in ``custom``), ``audio/<split>/<id>.flac`` (mono, 16 bit) and ``recipe.json`` (everything the hash
+covers, plus statistics). The hash covers every config field, :data:`RECIPE_VERSION`, the espeak-ng version and voice
+lists and the sentence pool, so a changed recipe gets a new directory. The directory is built under a temporary sibling
+name and renamed into place when complete; manifests hold absolute paths, so move a cache only by rebuilding it.
 """
 
 from __future__ import annotations
@@ -60,7 +59,6 @@ log = logging.getLogger(__name__)
 
 RECIPE_VERSION = 1
 """Bump whenever a change to this module, the sentence generator or the espeak binding changes the audio or text."""
-SAMPLE_RATE = 16000
 SPLITS = ("train", "dev", "test")
 _SILENCE_PEAK = 100  # int16 units (-50 dBFS): espeak output that never gets louder than this is silence
 _PEAK_LIMIT = 0.98  # after gain and noise, louder clips are scaled down to this peak instead of clipping
@@ -169,6 +167,7 @@ class _Utterance:
     level_dbfs: float
     noise_slope: float
     seed: int
+    sample_rate: int
 
     @property
     def speaker(self) -> str:
@@ -224,7 +223,7 @@ def mix_with_noise(
 
 
 def _render(utterance: _Utterance, path: str) -> _Outcome:
-    """Synthesise, resample, degrade and write one utterance as 16 kHz FLAC."""
+    """Synthesise, resample, degrade and write one utterance as FLAC at its sample rate."""
     engine = Espeak.instance()
     try:
         raw = engine.synthesize(
@@ -240,12 +239,13 @@ def _render(utterance: _Utterance, path: str) -> _Outcome:
         return _Outcome(skipped="failed")
     if raw.size == 0 or np.max(np.abs(raw.astype(np.int32))) < _SILENCE_PEAK:
         return _Outcome(skipped="silent")
-    common = math.gcd(SAMPLE_RATE, engine.sample_rate)
-    speech = resample_poly(raw / 32768.0, SAMPLE_RATE // common, engine.sample_rate // common)  # [T']
+    rate = utterance.sample_rate
+    common = math.gcd(rate, engine.sample_rate)
+    speech = resample_poly(raw / 32768.0, rate // common, engine.sample_rate // common)  # [T']
     audio = mix_with_noise(
         speech, utterance.snr_db, utterance.level_dbfs, utterance.noise_slope, np.random.default_rng(utterance.seed)
     )
-    soundfile.write(path, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    soundfile.write(path, audio, rate, format="FLAC", subtype="PCM_16")
     return _Outcome(num_samples=len(audio))
 
 
@@ -298,9 +298,16 @@ class _Planner:
     """Draws the utterances of one split: utterance ``i`` depends only on the recipe, the split and ``i``."""
 
     def __init__(
-        self, cfg: SynthConfig, split: str, sentences: list[Sentence], dialects: list[Dialect], variants: list[str]
+        self,
+        cfg: SynthConfig,
+        split: str,
+        sentences: list[Sentence],
+        dialects: list[Dialect],
+        variants: list[str],
+        sample_rate: int,
     ) -> None:
         self.cfg, self.split, self.sentences, self.dialects, self.variants = cfg, split, sentences, dialects, variants
+        self.sample_rate = sample_rate
         self._split_index = SPLITS.index(split)
         self._orders: dict[int, np.ndarray] = {}
 
@@ -329,6 +336,7 @@ class _Planner:
             level_dbfs=round(float(rng.uniform(*cfg.level_dbfs)), 2),
             noise_slope=round(float(rng.uniform(*cfg.noise_slope)), 2),
             seed=int(rng.integers(2**31)),
+            sample_rate=self.sample_rate,
         )
 
 
@@ -337,11 +345,11 @@ def _cut(utterance: _Utterance, path: Path, num_samples: int) -> MonoCut:
     # and start about a second sooner without it.
     from lhotse import AudioSource, MonoCut, Recording, SupervisionSegment
 
-    duration = num_samples / SAMPLE_RATE
+    duration = num_samples / utterance.sample_rate
     recording = Recording(
         id=utterance.id,
         sources=[AudioSource(type="file", channels=[0], source=str(path))],
-        sampling_rate=SAMPLE_RATE,
+        sampling_rate=utterance.sample_rate,
         num_samples=num_samples,
         duration=duration,
     )
@@ -414,7 +422,7 @@ def _build_split(
     return cuts, skipped
 
 
-def _recipe_and_dir(cfg: SynthConfig, cache_root: str | Path) -> tuple[dict, Path]:
+def _recipe_and_dir(cfg: SynthConfig, cache_root: str | Path, sample_rate: int) -> tuple[dict, Path]:
     """Everything the corpus depends on, and the cache directory named by its hash."""
     engine = Espeak.instance()
     text = "\n".join(f"{s.spoken}\t{s.transcript}" for s in sentence_pool(cfg.min_words, cfg.max_words))
@@ -425,26 +433,26 @@ def _recipe_and_dir(cfg: SynthConfig, cache_root: str | Path) -> tuple[dict, Pat
         "dialects": [dataclasses.asdict(d) for d in engine.english_dialects()],
         "variants": engine.variants(),
         "sentence_pool_sha256": hashlib.sha256(text.encode()).hexdigest(),
-        "sample_rate": SAMPLE_RATE,
+        "sample_rate": sample_rate,
     }
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     return recipe, Path(cache_root).expanduser().resolve() / f"synth-{key}"
 
 
-def corpus_dir(cfg: SynthConfig, cache_root: str | Path) -> Path:
-    """The directory that holds (or will hold) the corpus of recipe ``cfg`` under ``cache_root``."""
-    return _recipe_and_dir(cfg, cache_root)[1]
+def corpus_dir(cfg: SynthConfig, cache_root: str | Path, sample_rate: int) -> Path:
+    """The directory that holds (or will hold) the corpus of recipe ``cfg`` at ``sample_rate`` under ``cache_root``."""
+    return _recipe_and_dir(cfg, cache_root, sample_rate)[1]
 
 
 def synthesize_corpus(
-    cfg: SynthConfig, cache_root: str | Path, num_jobs: int = 2, progress: bool = True
+    cfg: SynthConfig, cache_root: str | Path, sample_rate: int, num_jobs: int = 2, progress: bool = True
 ) -> dict[str, Path]:
-    """Returns {"train": Path(.../cuts_train.jsonl.gz), "dev": ..., "test": ...}; builds only when the cache is
-    missing. ``num_jobs`` worker processes render in parallel (the result does not depend on it); ``progress`` shows
-    tqdm bars on stderr."""
+    """Returns {"train": Path(.../cuts_train.jsonl.gz), "dev": ..., "test": ...} of audio at ``sample_rate`` (the
+    model's feature rate); builds only when the cache is missing. ``num_jobs`` worker processes render in parallel
+    (the result does not depend on it); ``progress`` shows tqdm bars on stderr."""
     if num_jobs < 1:
         raise ValueError(f"num_jobs must be >= 1, got {num_jobs}")
-    recipe, final_dir = _recipe_and_dir(cfg, cache_root)
+    recipe, final_dir = _recipe_and_dir(cfg, cache_root, sample_rate)
     paths = {split: final_dir / f"cuts_{split}.jsonl.gz" for split in SPLITS}
     if final_dir.exists():
         missing = [str(p) for p in paths.values() if not p.is_file()]
@@ -484,7 +492,7 @@ def synthesize_corpus(
         started = time.perf_counter()
         with _job_runner(num_jobs) as run:
             for split in SPLITS:
-                planner = _Planner(cfg, split, sentence_splits[split], dialects, variant_splits[split])
+                planner = _Planner(cfg, split, sentence_splits[split], dialects, variant_splits[split], sample_rate)
                 cuts, skipped = _build_split(planner, run, build_dir, final_dir, num_jobs, progress)
                 _write_cuts(cuts, build_dir / paths[split].name)
                 words = {w for c in cuts for w in c.supervisions[0].text.split()}

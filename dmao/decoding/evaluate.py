@@ -1,10 +1,11 @@
-"""Decode a cut set with a CTC model and score it: corpus-level WER and CER."""
+"""Decode a cut set with a CTC model and score it (corpus-level WER and CER); the WER table and transcript files."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from lhotse import CutSet
@@ -14,6 +15,10 @@ from dmao.data.batches import AudioBatch, AudioBatchDataset
 from dmao.data.tokenizer import Tokenizer
 from dmao.decoding.greedy import greedy_decode
 from dmao.decoding.wer import CorpusScore, score_corpus
+from dmao.device import autocast_context
+
+if TYPE_CHECKING:
+    from dmao.model import CTCModel
 
 
 @dataclass
@@ -23,18 +28,9 @@ class Transcript:
     hypothesis: str
 
 
-def autocast_context(device: torch.device, dtype: torch.dtype | None):
-    """Autocast on ``device`` with ``dtype``, or nothing for full precision."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def ordered_batches(cuts: CutSet, max_duration: float) -> Iterator[tuple[int, int, CutSet]]:
-    """Every cut exactly once, longest first (little padding), as (epoch, index, cuts) sampler items."""
-    sampler = SimpleCutSampler(cuts.sort_by_duration(ascending=False), max_duration=max_duration)
-    for index, batch in enumerate(sampler):
-        yield 0, index, batch
+def ordered_batches(cuts: CutSet, max_duration: float) -> Iterator[CutSet]:
+    """Every cut exactly once, longest first (little padding), in batches of at most ``max_duration`` seconds."""
+    yield from SimpleCutSampler(cuts.sort_by_duration(ascending=False), max_duration=max_duration)
 
 
 @torch.no_grad()
@@ -50,7 +46,7 @@ def decode_batch(
 
 @torch.no_grad()
 def transcribe_cuts(
-    model: torch.nn.Module,
+    model: CTCModel,
     cuts: CutSet,
     tokenizer: Tokenizer,
     max_duration: float,
@@ -59,11 +55,11 @@ def transcribe_cuts(
     """Hypotheses for every readable cut, and the cuts that could not be read (with reasons)."""
     was_training = model.training
     model.eval()
-    dataset = AudioBatchDataset(tokenizer=None)
+    dataset = AudioBatchDataset(tokenizer=None, sample_rate=model.sample_rate)
     transcripts, skipped = [], []
     try:
-        for item in ordered_batches(cuts, max_duration):
-            batch = dataset[item]
+        for batch_cuts in ordered_batches(cuts, max_duration):
+            batch = dataset[batch_cuts]
             skipped.extend(batch.skipped)
             if not batch.cut_ids:
                 continue
@@ -75,7 +71,7 @@ def transcribe_cuts(
 
 
 def evaluate(
-    model: torch.nn.Module,
+    model: CTCModel,
     cuts: CutSet,
     tokenizer: Tokenizer,
     max_duration: float,
@@ -84,3 +80,19 @@ def evaluate(
     transcripts, skipped = transcribe_cuts(model, cuts, tokenizer, max_duration, amp_dtype)
     score = score_corpus([t.reference for t in transcripts], [t.hypothesis for t in transcripts])
     return score, transcripts, skipped
+
+
+def write_transcripts(path: Path, transcripts: list[Transcript]) -> None:
+    """Reference and hypothesis of every utterance, two lines each: ``<cut id>\tREF: ...``, ``<cut id>\tHYP: ...``."""
+    with open(path, "w") as handle:
+        for t in transcripts:
+            handle.write(f"{t.cut_id}\tREF: {t.reference}\n{t.cut_id}\tHYP: {t.hypothesis}\n")
+
+
+def wer_table(scores: dict[str, CorpusScore]) -> str:
+    """Reference words, WER and CER per evaluated set, as a fixed-width text table."""
+    width = max([8, *(len(name) for name in scores)])
+    lines = [f"{'split':<{width}} {'words':>7} {'WER %':>7} {'CER %':>7}", "-" * (width + 24)]
+    for split, score in scores.items():
+        lines.append(f"{split:<{width}} {score.words.ref_len:>7} {100 * score.wer:>7.2f} {100 * score.cer:>7.2f}")
+    return "\n".join(lines)

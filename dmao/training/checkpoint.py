@@ -1,22 +1,53 @@
-"""Checkpoints written atomically, kept last-k, found again for resuming.
+"""Training checkpoints: what one holds, how it is written and found, and the one reader that checks it.
 
 A checkpoint file is complete or absent: it is written to a temporary file in the same folder, flushed to disk and
-renamed over the final name, so a crash or a full disk mid-write leaves the previous checkpoint as it was.
+renamed over the final name, so a crash or a full disk mid-write leaves the previous checkpoint as it was. It holds
+plain data and tensors only (:data:`CHECKPOINT_KEYS`) and is read with ``torch.load(weights_only=True)``, which
+refuses to run code from a file. Every consumer (resume, eval, transcribe, layout, plot) reads through
+:func:`load_checkpoint`, which checks the format version and the keys.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+
+from dmao.config import from_dict
+from dmao.data.tokenizer import Tokenizer, load_tokenizer
+from dmao.encoders.layout import Layout
+from dmao.model import CTCModel
+from dmao.training.config import RunConfig
 
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^ckpt-(\d+)\.pt$")
+
+CHECKPOINT_FORMAT = 2
+"""Version of what a checkpoint holds; 2: plain-data RNG states, the run config after the grow-noise rename."""
+CHECKPOINT_KEYS = (
+    "format",
+    "config",  # the resolved RunConfig as plain data
+    "layout",  # the layout of the weights (a re-allocated model is rebuilt from it)
+    "model",
+    "optimizer",
+    "scheduler",
+    "scaler",
+    "sampler",  # the position in the training data
+    "rng",  # per rank: python, numpy, torch (and accelerator) generator states
+    "step",
+    "bad_steps_total",
+    "realloc",  # the engine's state, None for a baseline run
+    "loss_watch",
+    "tokenizer",  # file name -> bytes
+)
 
 
 class CheckpointError(RuntimeError):
@@ -84,9 +115,73 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint file, or the newest one of a run or checkpoints directory, onto the CPU."""
+    """Read a checkpoint file, or the newest one of a run or checkpoints directory, onto the CPU, and check that it
+    is a dmao training checkpoint of this format with every key (and no other)."""
     path = resolve_checkpoint(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise CheckpointError(f"checkpoint {path} is unreadable: {err}") from err
+    if not isinstance(state, dict) or "format" not in state:
+        raise CheckpointError(f"{path} is not a dmao training checkpoint (no 'format' entry)")
+    if state["format"] != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"checkpoint {path} has format {state['format']!r}; this version of dmao reads format {CHECKPOINT_FORMAT}"
+        )
+    missing = [key for key in CHECKPOINT_KEYS if key not in state]
+    unexpected = sorted(str(key) for key in state if key not in CHECKPOINT_KEYS)
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {path}: missing entries {missing}, unexpected entries {unexpected}")
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's generator states (python, numpy, torch, the accelerator's) as plain data and tensors."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (name, keys.tolist(), position, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+    }
+    accelerator = torch.accelerator.current_accelerator()
+    if accelerator is not None:
+        state["accelerator"] = getattr(torch, accelerator.type).get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    accelerator = torch.accelerator.current_accelerator()
+    if accelerator is not None and "accelerator" in state:
+        getattr(torch, accelerator.type).set_rng_state_all(state["accelerator"])
+
+
+def tokenizer_files(directory: Path) -> dict[str, bytes]:
+    """The tokenizer's files by name, for the checkpoint."""
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def tokenizer_from_files(files: dict[str, bytes]) -> Tokenizer:
+    """Rebuild a tokenizer from a checkpoint's files; only plain file names are accepted (a name with a folder in
+    it would write outside the temporary directory)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, content in files.items():
+            if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+                raise CheckpointError(f"checkpoint tokenizer file name {name!r} is not a plain file name")
+            (Path(tmp) / name).write_bytes(content)
+        return load_tokenizer(tmp)
+
+
+def model_from_checkpoint(
+    state: dict[str, Any], device: torch.device | str = "cpu"
+) -> tuple[CTCModel, Tokenizer, RunConfig]:
+    """Rebuild the model from a checkpoint's own layout (re-allocated models included) and load its weights; ``state``
+    comes from :func:`load_checkpoint`."""
+    cfg = from_dict(RunConfig, state["config"])
+    tokenizer = tokenizer_from_files(state["tokenizer"])
+    model = CTCModel(cfg.model, tokenizer.vocab_size, layout=Layout.from_dict(state["layout"]))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), tokenizer, cfg

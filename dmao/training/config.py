@@ -7,10 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import torch
+
 from dmao.config import ConfigError, apply_overrides, from_dict, load_yaml
 from dmao.data.corpus import DataConfig
+from dmao.encoders import Encoder
 from dmao.model import ModelConfig
-from dmao.realloc import ReallocConfig
+from dmao.realloc import ReallocConfig, check_budget
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -76,6 +79,17 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.dmao.enabled and self.dmao.score.kind == "learnable" and not self.model.encoder.group_gates:
             raise ConfigError("dmao.score.kind=learnable scores the group gates: set model.encoder.group_gates=true")
+        if self.dmao.enabled:
+            self._check_budget()
+
+    def _check_budget(self) -> None:
+        """A delta that cannot balance on this model fails here, before any data or training, not at the event."""
+        with torch.device("meta"):  # shapes only: nothing is allocated or initialised
+            modules = Encoder(self.model.encoder).resizable_modules()
+        try:
+            check_budget(modules, self.dmao.schedule)
+        except ValueError as err:
+            raise ConfigError(f"dmao.schedule.delta: {err}") from None
 
 
 def resolve_config_path(name: str | Path) -> Path:

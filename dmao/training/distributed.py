@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -57,18 +58,46 @@ def shutdown(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
-def assert_replicas_identical(info: DistInfo, module: torch.nn.Module, device: torch.device) -> None:
-    """Raise if any rank's parameters differ from rank 0's (names, shapes and exact values, via a per-tensor
-    float64 sum and sum of squares): DDP keeps replicas in step only while every rank resizes identically."""
+def tensor_digests(module: torch.nn.Module) -> list[tuple[str, str, tuple[int, ...], str]]:
+    """(name, dtype, shape, SHA-256 of the bytes) of every parameter and buffer: equal digests mean equal tensors,
+    bit for bit, wherever the values sit (a permutation of heads changes them, unlike sums or norms)."""
+    digests = []
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+        digests.append((name, str(tensor.dtype), tuple(tensor.shape), hashlib.sha256(data.numpy()).hexdigest()))
+    return digests
+
+
+def assert_replicas_identical(
+    info: DistInfo, module: torch.nn.Module, device: torch.device, buffers_from_rank0: bool = False
+) -> None:
+    """Raise, naming the tensors, if any rank's parameters or buffers differ from rank 0's in name, dtype, shape or a
+    single bit: DDP keeps replicas in step only while every rank resizes identically.
+
+    Call it before wrapping the module in a new DDP (whose constructor copies rank 0's tensors to every rank and
+    would hide a divergence). ``buffers_from_rank0``: first give every rank rank 0's buffers, as DDP does at the
+    start of each forward; running statistics updated by each rank's own last batch then do not count as divergence,
+    while a buffer of another name, dtype or shape still does."""
     if not info.enabled:
         return
-    names = [name for name, _ in module.named_parameters()]
-    local = torch.stack(
-        [torch.stack([p.detach().double().sum(), p.detach().double().square().sum()]) for p in module.parameters()]
-    ).to(device)  # [P, 2]
-    gathered: list[object] = [None] * info.world_size
-    dist.all_gather_object(gathered, (names, local.cpu()))
-    ref_names, ref = gathered[0]
-    for rank, (other_names, values) in enumerate(gathered[1:], start=1):
-        if other_names != ref_names or not torch.equal(values, ref):
-            raise RuntimeError(f"rank {rank}'s parameters differ from rank 0's: the replicas have diverged")
+
+    def compare(digests: list[tuple], what: str) -> None:
+        gathered: list[object] = [None] * info.world_size
+        dist.all_gather_object(gathered, digests)
+        reference = {d[0]: d[1:] for d in gathered[0]}
+        for rank, theirs in enumerate(gathered[1:], start=1):
+            theirs = {d[0]: d[1:] for d in theirs}
+            differing = sorted(n for n in set(reference) | set(theirs) if reference.get(n) != theirs.get(n))
+            if differing:
+                raise RuntimeError(
+                    f"rank {rank}'s model differs from rank 0's in the {what} of {', '.join(differing[:5])}"
+                    f"{' ...' if len(differing) > 5 else ''}: the replicas have diverged"
+                )
+
+    digests = tensor_digests(module)
+    compare([d[:3] for d in digests], "name, dtype or shape")  # before any broadcast, which needs equal shapes
+    if buffers_from_rank0:
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, src=0)
+        digests = tensor_digests(module)
+    compare(digests, "values")

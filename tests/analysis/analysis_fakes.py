@@ -11,9 +11,8 @@ from dmao.encoders.common import EncoderConfig
 from dmao.encoders.layout import Layout
 from dmao.model import CTCModel, ModelConfig
 from dmao.modules.frontend import FrontendConfig
-from dmao.training.checkpoint import save_checkpoint
+from dmao.training.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_KEYS, save_checkpoint, tokenizer_files
 from dmao.training.config import RunConfig
-from dmao.training.loop import tokenizer_files
 
 CHECKPOINT_STEP = 40
 
@@ -92,7 +91,8 @@ def make_fake_run(tmp_path: Path) -> FakeRun:
     tokenizer.save(tmp_path / "tokenizer")
     model = CTCModel(cfg.model, tokenizer.vocab_size, layout=final)
     state = {
-        "format": 1,
+        **dict.fromkeys(CHECKPOINT_KEYS),  # what the analysis does not read stays empty
+        "format": CHECKPOINT_FORMAT,
         "config": to_dict(cfg),
         "layout": final.to_dict(),
         "model": model.state_dict(),

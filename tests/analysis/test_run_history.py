@@ -112,5 +112,5 @@ def test_foreign_checkpoint_is_named(fake_run):
     for path in (fake_run.run_dir / "checkpoints").iterdir():
         path.unlink()
     save_checkpoint({"step": 3}, fake_run.run_dir / "checkpoints", 3, keep_last=1)
-    with pytest.raises(CheckpointError, match="ckpt-00000003.pt has no 'layout' entry"):
+    with pytest.raises(CheckpointError, match="ckpt-00000003.pt is not a dmao training checkpoint"):
         load_run(fake_run.run_dir)

@@ -63,27 +63,27 @@ def test_same_rate_returns_file_samples(tmp_path):
     samples = np.linspace(-0.5, 0.5, 1600, dtype=np.float32)
     path = tmp_path / "same.flac"
     soundfile.write(path, samples, 16000, subtype="PCM_24")
-    np.testing.assert_allclose(load_audio(path), samples, atol=1e-6)
+    np.testing.assert_allclose(load_audio(path, sample_rate=16000), samples, atol=1e-6)
 
 
 def test_missing_file_is_named(tmp_path):
     path = tmp_path / "nowhere.wav"
     with pytest.raises(AudioError, match="not found.*nowhere.wav"):
-        load_audio(path)
+        load_audio(path, sample_rate=16000)
 
 
 def test_corrupt_file_is_named(tmp_path):
     path = tmp_path / "corrupt.flac"
     path.write_bytes(np.random.default_rng(0).bytes(4096))
     with pytest.raises(AudioError, match="cannot read.*corrupt.flac"):
-        load_audio(path)
+        load_audio(path, sample_rate=16000)
 
 
 def test_empty_file_is_named(tmp_path):
     path = tmp_path / "empty.wav"
     soundfile.write(path, np.zeros(0, dtype=np.float32), 16000)
     with pytest.raises(AudioError, match="no samples.*empty.wav"):
-        load_audio(path)
+        load_audio(path, sample_rate=16000)
 
 
 def test_audio_error_is_a_value_error():

@@ -1,6 +1,7 @@
 import itertools
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 from lhotse import CutSet, Recording, SupervisionSegment
@@ -30,7 +31,7 @@ def make_cuts(tmp_path, n=12, corrupt=(), silent=()):
 def test_bad_audio_is_skipped_and_named(tmp_path):
     cuts = make_cuts(tmp_path, n=4, corrupt={1}, silent={2})
     tokenizer = CharTokenizer.from_texts(c.supervisions[0].text for c in cuts)
-    batch = AudioBatchDataset(tokenizer)[(0, 0, cuts)]
+    batch = AudioBatchDataset(tokenizer, sample_rate=16000)[cuts]
     assert batch.cut_ids == ["utt0", "utt3"]
     assert len(batch.skipped) == 2
     assert "utt1" in batch.skipped[0] and "utt1.wav" in batch.skipped[0]
@@ -40,20 +41,31 @@ def test_bad_audio_is_skipped_and_named(tmp_path):
     assert tokenizer.decode(batch.tokens[1, : batch.token_lens[1]].tolist()) == "word d"
 
 
+def test_a_cut_at_another_sample_rate_is_an_error_naming_it(tmp_path):
+    cuts = make_cuts(tmp_path, n=2)
+    with pytest.raises(ValueError, match="cut utt0 .*utt0.wav.* is at 16000 Hz, the model's features expect 8000 Hz"):
+        AudioBatchDataset(None, sample_rate=8000)[cuts]
+    batch = AudioBatchDataset(None, sample_rate=16000)[cuts]
+    assert batch.seconds == pytest.approx(0.5 + 0.6) and batch.sample_rate == 16000
+
+
 def test_sampler_resumes_at_the_consumed_batch_across_epochs(tmp_path):
     cuts = make_cuts(tmp_path)
 
-    def ids(item):
-        epoch, index, batch = item
-        return epoch, index, [c.id for c in batch]
+    def ids(batch):
+        return [c.id for c in batch]
 
     reference = ResumableSampler(cuts, max_duration=2.5, num_buckets=2, seed=3)
-    expected = [ids(item) for item in itertools.islice(iter(reference), 20)]
-    assert len({e for e, _, _ in expected}) > 1  # the run crosses an epoch boundary
-    # consume 7 batches, save, then a fresh sampler continues where the first stopped
+    expected = [ids(batch) for batch in itertools.islice(iter(reference), 20)]
+    # Consume 10 batches while the iterator has read 13 (as a prefetching DataLoader does), save, then a fresh
+    # sampler continues after the 10th.
     first = ResumableSampler(cuts, max_duration=2.5, num_buckets=2, seed=3)
-    for item in itertools.islice(iter(first), 7):
-        first.consumed(item[0], item[1])
+    list(itertools.islice(iter(first), 13))
+    for _ in range(10):
+        first.consumed()
+    assert first.epoch > 0  # the consumed batches cross an epoch boundary
     resumed = ResumableSampler(cuts, max_duration=2.5, num_buckets=2, seed=3)
     resumed.load_state_dict(first.state_dict())
-    assert [ids(item) for item in itertools.islice(iter(resumed), 13)] == expected[7:]
+    assert [ids(batch) for batch in itertools.islice(iter(resumed), 10)] == expected[10:]
+    with pytest.raises(ValueError, match="unexpected keys \\['index'\\]"):
+        resumed.load_state_dict({**first.state_dict(), "index": 3})

@@ -18,6 +18,7 @@ from dmao.data.sentences import Sentence
 from dmao.data.synth import SPLITS, SynthConfig, coloured_noise, corpus_dir, mix_with_noise, synthesize_corpus
 
 # ~12 train and ~5 dev and test utterances
+RATE = 16000
 TINY = SynthConfig(train_hours=30 / 3600, dev_minutes=0.25, test_minutes=0.25, seed=3)
 
 
@@ -28,12 +29,12 @@ def _load(paths: dict) -> dict[str, CutSet]:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> dict:
     """The tiny corpus, built in-process."""
-    return synthesize_corpus(TINY, tmp_path_factory.mktemp("serial"), num_jobs=1, progress=False)
+    return synthesize_corpus(TINY, tmp_path_factory.mktemp("serial"), RATE, num_jobs=1, progress=False)
 
 
 @pytest.mark.slow  # two spawned worker processes start in a few seconds
 def test_identical_audio_and_text_for_any_num_jobs(built, tmp_path):
-    parallel_paths = synthesize_corpus(TINY, tmp_path, num_jobs=2, progress=False)
+    parallel_paths = synthesize_corpus(TINY, tmp_path, RATE, num_jobs=2, progress=False)
     serial, parallel = _load(built), _load(parallel_paths)
     assert serial["train"][0].recording.sources[0].source != parallel["train"][0].recording.sources[0].source
     assert built["train"].parent.name == parallel_paths["train"].parent.name  # same recipe hash
@@ -94,7 +95,7 @@ def test_test_and_dev_voices_and_sentences_are_unseen_in_training(built):
 def test_cache_is_reused_and_keyed_by_every_recipe_field(built, tmp_path, monkeypatch):
     root = built["train"].parent.parent
     monkeypatch.setattr(synth, "_render", lambda *args: pytest.fail("a cached corpus was rebuilt"))
-    assert synthesize_corpus(TINY, root, num_jobs=1, progress=False) == built
+    assert synthesize_corpus(TINY, root, RATE, num_jobs=1, progress=False) == built
     assert [p.name for p in root.iterdir()] == [built["train"].parent.name]  # no partial directory left
     changes = {
         "train_hours": 0.5,
@@ -115,11 +116,11 @@ def test_cache_is_reused_and_keyed_by_every_recipe_field(built, tmp_path, monkey
         "dev_sentence_share": 0.2,
     }
     assert changes.keys() == {f.name for f in dataclasses.fields(SynthConfig)}  # a new field must be covered here
-    directories = {corpus_dir(dataclasses.replace(TINY, **{k: v}), tmp_path) for k, v in changes.items()}
-    directories.add(corpus_dir(TINY, tmp_path))
+    directories = {corpus_dir(dataclasses.replace(TINY, **{k: v}), tmp_path, RATE) for k, v in changes.items()}
+    directories.add(corpus_dir(TINY, tmp_path, RATE))
     assert len(directories) == len(changes) + 1
     monkeypatch.setattr(synth, "RECIPE_VERSION", synth.RECIPE_VERSION + 1)
-    assert corpus_dir(TINY, tmp_path) not in directories
+    assert corpus_dir(TINY, tmp_path, RATE) not in directories
 
 
 def test_interrupted_build_leaves_no_cache(tmp_path, monkeypatch):
@@ -134,7 +135,7 @@ def test_interrupted_build_leaves_no_cache(tmp_path, monkeypatch):
 
     monkeypatch.setattr(synth, "_render", fail_on_fifth)
     with pytest.raises(KeyboardInterrupt):
-        synthesize_corpus(TINY, tmp_path, num_jobs=1, progress=False)
+        synthesize_corpus(TINY, tmp_path, RATE, num_jobs=1, progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -152,7 +153,7 @@ def test_silent_and_failing_utterances_are_skipped_and_counted(tmp_path, monkeyp
 
     monkeypatch.setattr(Espeak, "synthesize", flaky)
     config = dataclasses.replace(TINY, train_hours=10 / 3600)
-    paths = synthesize_corpus(config, tmp_path, num_jobs=1, progress=False)
+    paths = synthesize_corpus(config, tmp_path, RATE, num_jobs=1, progress=False)
     train = CutSet.from_file(paths["train"])
     ids = [c.id for c in train]
     assert "train-000001" not in ids and "train-000003" not in ids and ids[:2] == ["train-000000", "train-000002"]

@@ -17,10 +17,10 @@ LOSS_FACTOR = 10.0  # the per-token loss must fall at least this much
 
 
 def test_tiny_model_overfits_four_utterances(smoke_config):
-    cuts = load_splits(smoke_config().data, progress=False)["train"]
+    cuts = load_splits(smoke_config().data, 16000, progress=False)["train"]
     batch_cuts = CutSet.from_cuts(sorted(cuts, key=lambda c: c.duration)[:4])
     tokenizer = CharTokenizer.from_texts(c.supervisions[0].text for c in batch_cuts)
-    batch = AudioBatchDataset(tokenizer)[(0, 0, batch_cuts)]
+    batch = AudioBatchDataset(tokenizer, 16000)[batch_cuts]
     torch.manual_seed(0)
     cfg = from_dict(
         ModelConfig,

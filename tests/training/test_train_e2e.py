@@ -159,3 +159,61 @@ def test_fp16_overflows_are_skipped_without_counting_as_bad(smoke_config, monkey
     assert ckpt.load_checkpoint(result.run_dir / "checkpoints")["bad_steps_total"] == 0
     records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["fp16_overflows"] for r in records if r["kind"] == "train"][-1] == 3
+
+
+def test_an_unbalanceable_delta_is_refused_before_anything_runs(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "smoke", f"out_dir={out}", "dmao.schedule.delta=0.55"]) == 2
+    err = capsys.readouterr().err
+    assert "dmao.schedule.delta" in err and "largest delta that balances every event here is 0.4" in err
+    assert not out.exists()  # refused at config time: no corpus, no run directory
+
+
+def test_a_failed_event_keeps_the_checkpoint_written_just_before_it(smoke_config, monkeypatch):
+    from dmao.realloc import EventError, Reallocator
+
+    def failing(self, step, optimizer=None):
+        raise EventError(f"the re-allocation event at step {step} cannot be planned: simulated")
+
+    overrides = ("train.eval_splits=[]", "dmao.schedule.t_end=0.34", "train.checkpoint_every=12")
+    monkeypatch.setattr(Reallocator, "reallocate", failing)
+    with pytest.raises(TrainingError, match=r"(?s)after step 4 failed.*simulated.*kept.*ckpt-00000004.pt.*"
+                                            r"resume=true dmao.enabled=false.*dmao.schedule.delta"):  # fmt: skip
+        run_training(smoke_config(*overrides))
+    monkeypatch.undo()
+    run_dir = smoke_config().out_dir
+    state = ckpt.load_checkpoint(f"{run_dir}/checkpoints")
+    assert state["step"] == 4 and state["realloc"]["schedule"]["events_done"] == 0  # the state before the event
+    # As the message says: go on without the event, as the same-size baseline.
+    resumed = run_training(smoke_config(*overrides, "resume=true", "dmao.enabled=false"))
+    assert resumed.step == 12
+
+
+def test_resume_from_the_checkpoint_before_an_event_reproduces_the_run(smoke_config):
+    overrides = ("train.eval_splits=[]", "data.num_workers=1", "dmao.schedule.t_end=0.34", "train.checkpoint_every=6")
+    straight = run_training(smoke_config(*overrides))
+    ckpt_dir = straight.run_dir / "checkpoints"
+    assert [p.name for p in ckpt.list_checkpoints(ckpt_dir)] == ["ckpt-00000004.pt", "ckpt-00000006.pt",
+                                                                 "ckpt-00000012.pt"]  # fmt: skip
+    final = ckpt.load_checkpoint(ckpt_dir / "ckpt-00000012.pt")
+    (ckpt_dir / "ckpt-00000012.pt").unlink()
+    (ckpt_dir / "ckpt-00000006.pt").unlink()  # as if the event itself had crashed the process
+    resumed = run_training(smoke_config(*overrides, "resume=true"))
+    assert resumed.step == 12
+    again = ckpt.load_checkpoint(ckpt_dir / "ckpt-00000012.pt")
+    assert again["layout"] == final["layout"] and [r["step"] for r in again["realloc"]["reports"]] == [4]
+    for name, tensor in final["model"].items():
+        assert torch.equal(tensor, again["model"][name]), name
+
+
+def test_cli_eval_of_a_manifest_writes_into_a_new_output_folder(trained_run, tmp_path, capsys):
+    from dmao.data.corpus import load_splits
+    from dmao.training.config import load_run_config
+
+    cfg = load_run_config(str(trained_run.run_dir / "config.yaml"))
+    manifest = tmp_path / "cuts_dev.jsonl.gz"
+    load_splits(cfg.data, cfg.model.features.sample_rate, progress=False)["dev"].to_file(manifest)
+    output = tmp_path / "not" / "yet" / "there"
+    assert main(["eval", str(trained_run.run_dir), "--manifest", str(manifest), "--output", str(output)]) == 0
+    assert [p.name for p in output.iterdir()] == ["hyp_cuts_dev.txt"]
+    assert capsys.readouterr().out.splitlines()[2].startswith("cuts_dev ")
