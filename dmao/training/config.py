@@ -13,14 +13,16 @@ from dmao.config import ConfigError, apply_overrides, from_dict, load_yaml
 from dmao.data.corpus import DataConfig
 from dmao.encoders import Encoder
 from dmao.model import ModelConfig
-from dmao.realloc import ReallocConfig, check_budget
+from dmao.realloc import EventSchedule, ReallocConfig, check_budget
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 3000
+    steps: int = 100_000
+    """Optimizer steps. The default, a full-corpus run, keeps the engine's paper defaults (a score measurement every
+    1000 steps, the event at 15 %) valid; every shipped config sets its own."""
     seed: int = 0
     device: str = "auto"
     """``auto`` takes the accelerator torch finds, else the CPU; or any torch device string."""
@@ -80,10 +82,15 @@ class RunConfig:
         if self.dmao.enabled and self.dmao.score.kind == "learnable" and not self.model.encoder.group_gates:
             raise ConfigError("dmao.score.kind=learnable scores the group gates: set model.encoder.group_gates=true")
         if self.dmao.enabled:
-            self._check_budget()
+            self._check_dmao()
 
-    def _check_budget(self) -> None:
-        """A delta that cannot balance on this model fails here, before any data or training, not at the event."""
+    def _check_dmao(self) -> None:
+        """A schedule that does not fit the run, or a delta that cannot balance on this model, fails here, before any
+        data or training, not when the engine is built or at the event."""
+        try:
+            EventSchedule(self.dmao.schedule, self.train.steps, self.dmao.score.interval)
+        except ValueError as err:
+            raise ConfigError(f"dmao.schedule: {err}") from None
         with torch.device("meta"):  # shapes only: nothing is allocated or initialised
             modules = Encoder(self.model.encoder).resizable_modules()
         try:

@@ -167,6 +167,9 @@ def test_an_unbalanceable_delta_is_refused_before_anything_runs(tmp_path, capsys
     err = capsys.readouterr().err
     assert "dmao.schedule.delta" in err and "largest delta that balances every event here is 0.4" in err
     assert not out.exists()  # refused at config time: no corpus, no run directory
+    assert main(["train", "smoke", f"out_dir={out}", "train.steps=2"]) == 2  # the event would precede any score
+    assert "dmao.schedule: ScheduleConfig: the event at step 1 has no score measurement" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_a_failed_event_keeps_the_checkpoint_written_just_before_it(smoke_config, monkeypatch):
@@ -217,3 +220,20 @@ def test_cli_eval_of_a_manifest_writes_into_a_new_output_folder(trained_run, tmp
     assert main(["eval", str(trained_run.run_dir), "--manifest", str(manifest), "--output", str(output)]) == 0
     assert [p.name for p in output.iterdir()] == ["hyp_cuts_dev.txt"]
     assert capsys.readouterr().out.splitlines()[2].startswith("cuts_dev ")
+
+
+def test_the_sample_rate_comes_from_the_model_features_alone(smoke_config, corpus_cache, tmp_path, capsys):
+    """8 kHz features: the embedded corpus is synthesised at 8 kHz, batches and eval use it, nothing assumes 16 kHz."""
+    from dmao.data.synth import corpus_dir
+
+    features = ["model.features.sample_rate=8000", "model.features.win_length=200", "model.features.hop_length=80",
+                "model.features.n_fft=256", "model.features.num_mels=40"]  # fmt: skip
+    cfg = smoke_config(*features, "train.steps=4", "train.checkpoint_every=4", "train.eval_splits=[dev]")
+    result = run_training(cfg)
+    assert result.step == 4 and result.scores["dev"].words.ref_len > 0
+    audio = next((corpus_dir(cfg.data.synth, corpus_cache / "embedded", 8000) / "audio" / "dev").iterdir())
+    assert sf.info(audio).samplerate == 8000
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, (0.2 * np.sin(np.arange(22050) / 10)).astype(np.float32), 22050)
+    assert main(["transcribe", str(result.run_dir), str(clip)]) == 0  # resampled to the model's 8 kHz
+    assert capsys.readouterr().out.startswith(f"{clip}\t")
