@@ -7,6 +7,7 @@ from typing import Any
 
 from dmao.encoders.layout import Layout
 from dmao.realloc import EventReport
+from dmao.realloc.state import unpack_state
 
 
 def event_record(
@@ -88,5 +89,6 @@ class LossSpikeWatch:
         return {"recent": list(self.recent), "open": self.open, "after": list(self.after)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.recent = deque(state["recent"], maxlen=self.recent.maxlen)
-        self.open, self.after = state["open"], list(state["after"])
+        recent, self.open, after = unpack_state(state, ("recent", "open", "after"), "loss-spike watch")
+        self.recent = deque(recent, maxlen=self.recent.maxlen)
+        self.after = list(after)
