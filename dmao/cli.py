@@ -22,13 +22,12 @@ def _split_config_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
     return None, list(args)
 
 
-def _setup_logging(run_dir: Path | None = None) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(run_dir / "train.log"))
+def _setup_logging() -> None:
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[logging.StreamHandler(sys.stderr)],
+        force=True,
     )
 
 
@@ -39,7 +38,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
     config, overrides = _split_config_args(ns.args)
     cfg = load_run_config(config, overrides)
-    _setup_logging(Path(cfg.out_dir))
+    _setup_logging()  # the trainer adds out_dir/train.log once the run directory is claimed
     result = run_training(cfg)
     if result.scores:
         print(f"\nrun: {result.run_dir}  steps: {result.step}  wall time: {result.wall_seconds / 60:.1f} min")
@@ -260,13 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from dmao.config import ConfigError
     from dmao.training.checkpoint import CheckpointError
-    from dmao.training.loop import TrainingError
+    from dmao.training.loop import Stopped, TrainingError
+    from dmao.training.run_dir import RunDirError
 
     parser = build_parser()
     ns = parser.parse_args(argv)
     try:
         return ns.func(ns)
-    except (ConfigError, CheckpointError, TrainingError, FileNotFoundError, ValueError) as err:
+    except Stopped as stop:
+        print(f"dmao {ns.command}: {stop}; continue with the same command and resume=true", file=sys.stderr)
+        return stop.exit_code
+    except (ConfigError, CheckpointError, TrainingError, RunDirError, FileNotFoundError, ValueError) as err:
         print(f"dmao {ns.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

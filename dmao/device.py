@@ -3,15 +3,37 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto``: the accelerator torch finds, else the CPU; otherwise any torch device string."""
+def parse_device(name: str) -> torch.device | None:
+    """The device a setting names (``None`` for ``auto``), without checking that it exists here."""
     if name == "auto":
+        return None
+    try:
+        return torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"{name!r} is not a torch device (auto, cpu, cuda, cuda:1, mps, ...)") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: the accelerator torch finds, else the CPU; otherwise the named device, which must exist here."""
+    device = parse_device(name)
+    if device is None:
         return torch.accelerator.current_accelerator() or torch.device("cpu")
-    return torch.device(name)
+    if device.type == "cpu":
+        return device
+    accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    if accelerator is None or accelerator.type != device.type:
+        raise ValueError(f"device {name!r} is not available on this machine (accelerator: {accelerator or 'none'})")
+    if device.index is not None and device.index >= torch.accelerator.device_count():
+        raise ValueError(
+            f"device {name!r} does not exist: this machine has {torch.accelerator.device_count()} {device.type} "
+            f"device(s)"
+        )
+    return device
 
 
 def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
@@ -33,3 +55,38 @@ def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (a no-op on the CPU), so that wall-clock times cover it."""
     if device.type != "cpu":
         torch.accelerator.synchronize(device)
+
+
+TRAINING_BYTES_PER_PARAMETER = 16
+"""fp32 weights, gradients and AdamW's two moments; activations come on top."""
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for a new process on ``device`` (the CPU: MemAvailable), or ``None`` where it cannot be told."""
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as handle:
+                for line in handle:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            return None
+    backend = getattr(torch, device.type, None)
+    if backend is not None and hasattr(backend, "mem_get_info"):
+        return int(backend.mem_get_info(device)[0])
+    return None
+
+
+def check_training_memory(parameters: int, device: torch.device) -> None:
+    """Refuse a model whose weights, gradients and optimizer moments alone exceed the memory free on ``device``."""
+    needed, free = parameters * TRAINING_BYTES_PER_PARAMETER, available_memory(device)
+    if free is not None and needed > free:
+        raise ValueError(
+            f"the model has {parameters:,} parameters: training needs at least {needed / 1e9:,.1f} GB on {device} for "
+            f"weights, gradients and AdamW moments ({TRAINING_BYTES_PER_PARAMETER} bytes each, activations not "
+            f"counted), and {free / 1e9:,.1f} GB are free; choose a smaller model"
+        )

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dmao.encoders import Encoder, EncoderConfig, Layout
+from dmao.encoders.common import starting_block
 from dmao.features.cmvn import utterance_normalize
 from dmao.features.logmel import LogMelConfig, LogMelFeatures
 from dmao.features.specaugment import SpecAugment, SpecAugmentConfig
@@ -31,6 +32,21 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_probability(self, "final_dropout")
+
+
+def estimate_parameters(cfg: ModelConfig, vocab_size: int) -> int:
+    """Parameters of the model of ``cfg`` at its starting layout, counted on the meta device from the frontend and
+    one block (every layer starts alike), so that even a model far too large for the machine costs nothing to
+    count."""
+    with torch.device("meta"):
+        frontend = VGGFrontend(cfg.frontend, num_features=cfg.features.num_mels, d_model=cfg.encoder.d_model)
+        block = starting_block(cfg.encoder)
+
+    def size(module: nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    output = (cfg.encoder.d_model + 1) * vocab_size
+    return size(frontend) + cfg.encoder.num_layers * size(block) + output
 
 
 class CTCModel(nn.Module):

@@ -132,6 +132,13 @@ def self_attention(cfg: EncoderConfig, layout: Layout, num_groups: int, referenc
     )
 
 
+def starting_block(cfg: EncoderConfig) -> nn.Module:
+    """One block of the starting layout, in which every layer is alike: what a layer costs, without building all of
+    them (build it under ``torch.device("meta")`` to allocate nothing)."""
+    start = cfg.starting_layout()
+    return registered_block_type(cfg.block_type).block(cfg, start, start.layers[0], start.layers[0])
+
+
 class Encoder(nn.Module):
     """A stack of blocks of the configured block type, built from a :class:`Layout`; each block holds its resizable
     modules as attributes named like the layout's modules (``ff1``, ``mhsa``, ``conv``/``cgmlp``, ``ff2``)."""

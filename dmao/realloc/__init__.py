@@ -5,9 +5,9 @@ re-allocated. The training loop drives a :class:`Reallocator`.
 """
 
 from dmao.realloc.contract import contract_deviations
-from dmao.realloc.engine import EventError, EventReport, Reallocator, ReallocConfig, check_budget
+from dmao.realloc.engine import EventError, EventReport, Reallocator, ReallocConfig, check_budget, check_delta
 from dmao.realloc.executor import GrowConfig, execute_plan, resize_module
-from dmao.realloc.groups import group_cost, module_type, parameter_count
+from dmao.realloc.groups import group_cost, module_type, parameter_count, single_group_cost
 from dmao.realloc.optim_state import ParameterMove, move_optimizer_state
 from dmao.realloc.planner import ModulePlan, Plan, plan_event
 from dmao.realloc.schedule import EventSchedule, ScheduleConfig
@@ -27,6 +27,7 @@ __all__ = [
     "ScoreConfig",
     "ScoreTracker",
     "check_budget",
+    "check_delta",
     "contract_deviations",
     "execute_plan",
     "group_cost",
@@ -35,4 +36,5 @@ __all__ = [
     "parameter_count",
     "plan_event",
     "resize_module",
+    "single_group_cost",
 ]

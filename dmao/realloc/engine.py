@@ -100,9 +100,13 @@ class EventError(RuntimeError):
 def check_budget(modules: Mapping[str, nn.Module], cfg: ScheduleConfig) -> None:
     """Refuse a ``delta`` for which some event cannot balance for some ranking of the scores, naming the largest one
     that always balances on these modules: a budget error found at the event would cost the whole run up to it."""
-    with_groups = [m for m in modules.values() if m.num_groups > 0]
-    total = parameter_count(modules)
-    dearest = max((single_group_cost(m) for m in with_groups), default=0.0)
+    dearest = max((single_group_cost(m) for m in modules.values() if m.num_groups > 0), default=0.0)
+    check_delta(cfg, parameter_count(modules), dearest)
+
+
+def check_delta(cfg: ScheduleConfig, total: int, dearest: float) -> None:
+    """:func:`check_budget` from the totals: ``total`` re-allocatable parameters, ``dearest`` the most a single group
+    can cost (:func:`dmao.realloc.groups.single_group_cost`)."""
     limit = largest_balanced_delta(float(total), dearest, cfg.num_events)
     if cfg.delta >= limit:
         largest = math.floor(limit * 1000) / 1000  # strictly below the limit, as a value one can type

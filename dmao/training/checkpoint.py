@@ -9,10 +9,13 @@ refuses to run code from a file. Every consumer (resume, eval, transcribe, layou
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import pickle
 import random
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -67,9 +70,25 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def _write_failure(path: Path, err: BaseException) -> str:
+    """Why writing ``path`` failed, in words: torch reports a full disk as an ``inline_container`` RuntimeError."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if free is not None and free < (64 << 20):
+        return f"the disk is full ({free:,} bytes free)"
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+
+
 def save_atomic(state: dict[str, Any], path: str | Path) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CheckpointError(f"could not create {path.parent}: {err.strerror or err}") from None
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as handle:
@@ -78,10 +97,11 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(err, (OSError, RuntimeError)):
             raise CheckpointError(
-                f"could not write checkpoint {path}: {err}; the previous checkpoint is untouched"
+                f"could not write checkpoint {path}: {_write_failure(path, err)}; the previous checkpoint is untouched"
             ) from err
         raise
     directory_fd = os.open(path.parent, os.O_RDONLY)
@@ -98,6 +118,44 @@ def save_checkpoint(state: dict[str, Any], directory: str | Path, step: int, kee
     for old in list_checkpoints(directory)[:-keep_last] if keep_last > 0 else []:
         old.unlink(missing_ok=True)
     return path
+
+
+_TEMPORARY = re.compile(r"^\.ckpt-\d+\.pt\.tmp-(\d+)$")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, owned by someone else
+    return True
+
+
+def remove_orphaned_temporaries(directory: str | Path) -> list[Path]:
+    """Delete the half-written checkpoint temporaries (``.ckpt-*.pt.tmp-PID``) of processes that are gone (a killed
+    write leaves one, as large as a checkpoint); returns what was removed."""
+    directory = Path(directory)
+    removed = []
+    for path in directory.iterdir() if directory.is_dir() else []:
+        match = _TEMPORARY.match(path.name)
+        if match and not pid_alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def load_latest_checkpoint(directory: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest readable checkpoint of ``directory`` and its state (``None`` when there is none); an unreadable
+    newer one is skipped with a warning that names it and why."""
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as err:
+            log.warning("skipping checkpoint %s: %s", path, err)
+    return None
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -120,6 +178,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = resolve_checkpoint(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable: it holds objects other than tensors and plain data, and loading them "
+            f"could run code, so it is refused ({str(err).splitlines()[0]})"
+        ) from err
     except Exception as err:
         raise CheckpointError(f"checkpoint {path} is unreadable: {err}") from err
     if not isinstance(state, dict) or "format" not in state:

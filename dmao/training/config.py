@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,11 +10,13 @@ from typing import Literal
 
 import torch
 
-from dmao.config import ConfigError, apply_overrides, from_dict, load_yaml
+from dmao.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from dmao.data.corpus import DataConfig
-from dmao.encoders import Encoder
+from dmao.device import parse_device
+from dmao.encoders import block_type
+from dmao.encoders.common import starting_block
 from dmao.model import ModelConfig
-from dmao.realloc import EventSchedule, ReallocConfig, check_budget
+from dmao.realloc import EventSchedule, ReallocConfig, check_delta, single_group_cost
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -48,17 +51,36 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if not 0 < self.peak_lr < 1:
-            raise ValueError(f"peak_lr must be in (0, 1), got {self.peak_lr}")
-        if self.warmup_fraction <= 0 or self.decay_fraction < 0 or self.warmup_fraction + self.decay_fraction > 1:
-            raise ValueError("need warmup_fraction > 0, decay_fraction >= 0, and their sum <= 1")
-        for name in ("log_every", "checkpoint_every", "max_bad_steps"):
+        for name in ("steps", "log_every", "checkpoint_every", "max_bad_steps", "keep_last"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.keep_last < 1:
-            raise ValueError(f"keep_last must be >= 1, got {self.keep_last}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0: torch's default), got {self.threads}")
+        # Each (name, low, high, low included, high included); NaN fails every comparison.
+        for name, low, high, closed_low, closed_high in (
+            ("peak_lr", 0.0, 1.0, False, False),
+            ("initial_lr_ratio", 0.0, 1.0, False, True),
+            ("final_lr_ratio", 0.0, 1.0, True, True),
+            ("warmup_fraction", 0.0, 1.0, False, True),
+            ("decay_fraction", 0.0, 1.0, True, True),
+            ("weight_decay", 0.0, math.inf, True, False),
+            ("grad_clip", 0.0, math.inf, False, False),
+            ("eval_max_duration", 0.0, math.inf, False, False),
+        ):
+            value = getattr(self, name)
+            above = value >= low if closed_low else value > low
+            below = value <= high if closed_high else value < high
+            if not (above and below):
+                brackets = ("[" if closed_low else "(", "]" if closed_high else ")")
+                raise ValueError(f"{name} must lie in {brackets[0]}{low}, {high}{brackets[1]}, got {value!r}")
+        if self.warmup_fraction + self.decay_fraction > 1:
+            raise ValueError("warmup_fraction + decay_fraction must be <= 1")
+        if not all(0.0 <= beta < 1.0 for beta in self.betas):
+            raise ValueError(f"betas must lie in [0, 1), got {self.betas!r}")
+        try:
+            parse_device(self.device)
+        except ValueError as err:
+            raise ValueError(f"device: {err}") from None
 
 
 @dataclass
@@ -72,7 +94,10 @@ class DmaoConfig(ReallocConfig):
 class RunConfig:
     out_dir: str = "runs/default"
     resume: bool = False
-    """Continue from the newest checkpoint in ``out_dir``."""
+    """Continue from the newest readable checkpoint in ``out_dir``."""
+    resume_changes: tuple[str, ...] = ()
+    """With ``resume``: the config keys (or sections) allowed to differ from the checkpoint's run, e.g.
+    ``[train.steps]`` to extend a run. Any other difference that changes the run is refused."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -83,6 +108,10 @@ class RunConfig:
             raise ConfigError("dmao.score.kind=learnable scores the group gates: set model.encoder.group_gates=true")
         if self.dmao.enabled:
             self._check_dmao()
+        known = flatten(to_dict(self))
+        for key in self.resume_changes:
+            if not any(_covers(key, name) for name in known):
+                raise ConfigError(f"resume_changes: {key!r} is not a config key or section")
 
     def _check_dmao(self) -> None:
         """A schedule that does not fit the run, or a delta that cannot balance on this model, fails here, before any
@@ -91,12 +120,97 @@ class RunConfig:
             EventSchedule(self.dmao.schedule, self.train.steps, self.dmao.score.interval)
         except ValueError as err:
             raise ConfigError(f"dmao.schedule: {err}") from None
+        encoder = self.model.encoder
         with torch.device("meta"):  # shapes only: nothing is allocated or initialised
-            modules = Encoder(self.model.encoder).resizable_modules()
+            block = starting_block(encoder)
+        modules = [getattr(block, name) for name in block_type(encoder.block_type).module_names]
+        dearest = max((single_group_cost(m) for m in modules if m.num_groups > 0), default=0.0)
+        total = encoder.num_layers * sum(p.numel() for m in modules for p in m.parameters())
         try:
-            check_budget(modules, self.dmao.schedule)
+            check_delta(self.dmao.schedule, total, dearest)
         except ValueError as err:
             raise ConfigError(f"dmao.schedule.delta: {err}") from None
+
+
+RUN_NEUTRAL_KEYS = (
+    "out_dir",
+    "resume",
+    "resume_changes",
+    "data.cache_dir",
+    "data.num_workers",
+    "train.device",
+    "train.threads",
+    "train.progress",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_last",
+    "train.max_bad_steps",
+    "train.eval_splits",
+    "train.eval_max_duration",
+)
+"""Keys that say where and how a run is carried out, not what it computes: they may differ on resume."""
+FIXED_ON_RESUME = (
+    "model.features",
+    "model.frontend",
+    "model.encoder.block_type",
+    "model.encoder.num_layers",
+    "model.encoder.d_model",
+    "model.encoder.head_dim",
+    "model.encoder.ff_groups",
+    "model.encoder.ff_expansion",
+    "model.encoder.conv_groups",
+    "model.encoder.conv_expansion",
+    "model.encoder.conv_kernel_size",
+    "model.encoder.merge_kernel_size",
+    "model.encoder.conv_norm",
+    "model.encoder.group_gates",
+    "data.tokenizer",
+    "data.bpe_vocab_size",
+)
+"""Keys the checkpoint's tensors or tokenizer were built with: no resume can change them."""
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, object]:
+    """A nested config mapping as ``{"train.steps": 1200, ...}`` (lists as tuples)."""
+    flat: dict[str, object] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return flat
+
+
+def _covers(section: str, key: str) -> bool:
+    return key == section or key.startswith(section + ".")
+
+
+def check_resume_config(saved: dict, cfg: RunConfig) -> None:
+    """Refuse to resume a run with settings that change it, naming each key with the checkpoint's and the new
+    value, unless ``cfg.resume_changes`` lists it; keys in :data:`FIXED_ON_RESUME` are refused even then."""
+    old, new = flatten(saved), flatten(to_dict(cfg))
+    differing = [
+        key
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key) and not any(_covers(n, key) for n in RUN_NEUTRAL_KEYS)
+    ]
+    fixed = [key for key in differing if any(_covers(f, key) for f in FIXED_ON_RESUME)]
+    refused = [key for key in differing if not any(_covers(a, key) for a in cfg.resume_changes)]
+
+    def listing(keys: list[str]) -> str:
+        return "\n".join(f"  {key}: {old.get(key, '(absent)')!r} -> {new.get(key, '(absent)')!r}" for key in keys)
+
+    if fixed:
+        raise ConfigError(
+            "these settings cannot change on resume, the checkpoint's weights and tokenizer were built with the old "
+            f"values:\n{listing(fixed)}\nResume with the original values (the run's config.yaml)."
+        )
+    if refused:
+        raise ConfigError(
+            f"resume=true with settings that differ from the checkpoint's run:\n{listing(refused)}\nThese change "
+            f"the run. To change them on purpose, list them: resume_changes=[{','.join(refused)}]; otherwise resume "
+            f"with the original settings (the run's config.yaml)."
+        )
 
 
 def resolve_config_path(name: str | Path) -> Path:

@@ -8,10 +8,13 @@ before it, so an event that fails loses no finished step. After the last step: f
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,18 +24,18 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from dmao.config import save_yaml, to_dict
+from dmao.config import ConfigError, save_yaml, to_dict
 from dmao.data.batches import AudioBatch, AudioBatchDataset, ResumableSampler
 from dmao.data.corpus import load_splits
 from dmao.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
 from dmao.decoding.evaluate import evaluate, write_transcripts
 from dmao.decoding.wer import CorpusScore
-from dmao.device import amp_dtype_for, resolve_device
+from dmao.device import amp_dtype_for, check_training_memory, resolve_device
 from dmao.encoders.layout import Layout
-from dmao.model import CTCModel
+from dmao.model import CTCModel, estimate_parameters
 from dmao.realloc import EventReport, Reallocator
 from dmao.training import checkpoint as ckpt
-from dmao.training.config import RunConfig
+from dmao.training.config import RunConfig, check_resume_config
 from dmao.training.distributed import (
     DistInfo,
     assert_replicas_identical,
@@ -42,6 +45,7 @@ from dmao.training.distributed import (
 )
 from dmao.training.events import LossSpikeWatch, event_record
 from dmao.training.metrics import MetricsLog, Progress
+from dmao.training.run_dir import RunDirError, RunLock, claim_run_dir
 from dmao.training.step import StepResult, build_optimization, train_step
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,70 @@ log = logging.getLogger(__name__)
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss stayed non-finite); finished checkpoints are kept."""
+
+
+class Stopped(Exception):
+    """Training stopped on a signal after finishing a step and writing its checkpoint."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint {checkpoint}")
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # what a shell reports for a process ended by that signal
+
+
+@contextlib.contextmanager
+def _signals_handled_by(handler):
+    """SIGTERM and SIGINT call ``handler`` while training (in the main thread; elsewhere they stay as they are)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+def _leave_signals_to_the_trainer(worker_id: int) -> None:
+    """DataLoader workers ignore SIGINT/SIGTERM (a Ctrl-C reaches the whole process group): the trainer finishes its
+    step and checkpoints, then shuts the workers down itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class UnreadableAudio:
+    """Counts cuts whose audio could not be read; logs the first few, then a summary now and then, so that a missing
+    mount cannot fill the disk with warnings; stops training when nothing readable arrives for a long stretch."""
+
+    FIRST = 10
+    EVERY = 1000
+    MAX_EMPTY_BATCHES = 50
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.empty_in_row = 0
+
+    def add(self, batch: AudioBatch) -> None:
+        for reason in batch.skipped:
+            self.total += 1
+            if self.total <= self.FIRST:
+                log.warning("skipped unreadable audio: %s", reason)
+            elif self.total % self.EVERY == 0:
+                log.warning("%d cuts with unreadable audio so far (latest: %s)", self.total, reason)
+        self.empty_in_row = 0 if batch.cut_ids else self.empty_in_row + 1
+        if self.empty_in_row >= self.MAX_EMPTY_BATCHES:
+            raise TrainingError(
+                f"no audio could be read in {self.empty_in_row} batches in a row ({self.total} unreadable cuts so "
+                f"far, e.g. {batch.skipped[0] if batch.skipped else '?'}): is the corpus' storage mounted?"
+            )
+
+    def summarise(self) -> None:
+        if self.total > self.FIRST:
+            log.warning("%d cuts in all had unreadable audio and were skipped", self.total)
 
 
 def seed_everything(seed: int) -> None:
@@ -70,7 +138,15 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
-        self.device = resolve_device(cfg.train.device)
+        try:
+            self.device = resolve_device(cfg.train.device)
+        except ValueError as err:
+            raise ConfigError(f"train.device: {err}") from None
+        try:  # before any data is prepared: a model that cannot fit is known now
+            vocab = cfg.data.bpe_vocab_size if cfg.data.tokenizer == "bpe" else 0
+            check_training_memory(estimate_parameters(cfg.model, vocab), self.device)
+        except ValueError as err:
+            raise ConfigError(f"model: {err}") from None
         self.dist: DistInfo = init_distributed(self.device)
         if self.dist.enabled and self.device.type != "cpu":
             self.device = torch.device(self.device.type, self.dist.local_rank)
@@ -82,8 +158,11 @@ class Trainer:
         self.step = 0
         self.bad_steps_in_row = 0
         self.bad_steps_total = 0
-        self.skipped_cuts = 0
+        self.unreadable = UnreadableAudio()
         self.fp16_overflows = 0
+        self.stop_signal: int | None = None
+        self._lock: RunLock | None = None
+        self._log_file: logging.Handler | None = None
 
     # ----------------------------------------------------------------------------------------------- set-up
     def _resume_state(self) -> dict[str, Any] | None:
@@ -98,8 +177,26 @@ class Trainer:
         if not existing:
             log.warning("resume=true but %s has no checkpoint yet: starting from scratch", self.ckpt_dir)
             return None
-        log.info("resuming from %s", existing[-1])
-        return ckpt.load_checkpoint(existing[-1])
+        latest = ckpt.load_latest_checkpoint(self.ckpt_dir)
+        if latest is None:
+            raise TrainingError(f"no checkpoint in {self.ckpt_dir} is readable (see the warnings above)")
+        path, state = latest
+        check_resume_config(state["config"], self.cfg)
+        log.info("resuming from %s", path)
+        return state
+
+    def _claim_run_dir(self) -> None:
+        """Rank 0: the run directory is ours (marker), locked for this run, writable; half-written checkpoints of
+        killed runs are removed; the log goes to its train.log."""
+        claim_run_dir(self.run_dir)
+        self._lock = RunLock(self.run_dir)
+        self._lock.acquire()
+        for path in ckpt.remove_orphaned_temporaries(self.ckpt_dir):
+            log.info("removed %s, a checkpoint half-written by a killed run", path.name)
+        root = logging.getLogger()
+        self._log_file = logging.FileHandler(self.run_dir / "train.log")
+        self._log_file.setFormatter(next((h.formatter for h in root.handlers if h.formatter), None))
+        root.addHandler(self._log_file)
 
     def _prepare_tokenizer(self, train_texts: list[str], state: dict[str, Any] | None) -> Tokenizer:
         directory = self.run_dir / "tokenizer"
@@ -120,7 +217,9 @@ class Trainer:
 
     def setup(self) -> None:
         cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            self._claim_run_dir()
+        barrier(self.dist)
         state = self._resume_state()
         seed_everything(cfg.train.seed)
         sample_rate = cfg.model.features.sample_rate
@@ -135,6 +234,8 @@ class Trainer:
         layout = Layout.from_dict(state["layout"]) if state else None
         self.model = CTCModel(cfg.model, self.tokenizer.vocab_size, layout=layout).to(self.device)
         self.opt = build_optimization(self.model, cfg.train, self.device, self.amp_dtype)
+        if self.dist.is_main:
+            self._check_checkpoint_space()
         shard = {"world_size": self.dist.world_size, "rank": self.dist.rank} if self.dist.enabled else {}
         self.sampler = ResumableSampler(
             self.splits["train"], cfg.data.max_duration, cfg.data.num_buckets, seed=cfg.train.seed, **shard
@@ -182,6 +283,28 @@ class Trainer:
                 raise ckpt.CheckpointError("the checkpoint was written with dmao.enabled=false; resume it the same way")
             self.engine.load_state_dict(state["realloc"])
         self.spike_watch.load_state_dict(state["loss_watch"])
+        self._apply_schedule_settings()
+
+    def _apply_schedule_settings(self) -> None:
+        """After loading: the optimizer's hyper-parameters and the LR from this config (they equal the checkpoint's
+        unless ``resume_changes`` allowed a change). The LR then follows this config's one-cycle schedule from the
+        resumed step on: ``train.steps`` extended past a finished run re-enters the decay of the longer schedule."""
+        train, scheduler = self.cfg.train, self.opt.scheduler
+        scheduler.base_lrs = [train.peak_lr for _ in scheduler.base_lrs]
+        for group, factor in zip(self.opt.optimizer.param_groups, scheduler.lr_lambdas):
+            group.update(initial_lr=train.peak_lr, weight_decay=train.weight_decay, betas=train.betas)
+            group["lr"] = train.peak_lr * factor(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in self.opt.optimizer.param_groups]
+
+    def _check_checkpoint_space(self) -> None:
+        """A checkpoint holds the weights and two optimizer moments; while one is written the previous one stays."""
+        size = 3 * sum(p.numel() * p.element_size() for p in self.model.parameters())
+        free = shutil.disk_usage(self.run_dir).free
+        if free < 2 * size:
+            raise RunDirError(
+                f"out_dir {self.run_dir}: {free / 1e9:.2f} GB free, but a checkpoint takes about {size / 1e9:.2f} GB "
+                f"and one is written next to the previous one: free space or choose another out_dir"
+            )
 
     def _state(self, rng_states: list[dict[str, Any]]) -> dict[str, Any]:
         """Everything :data:`dmao.training.checkpoint.CHECKPOINT_KEYS` names."""
@@ -229,6 +352,7 @@ class Trainer:
             prefetch_factor=4 if workers else None,
             persistent_workers=False,
             generator=torch.Generator().manual_seed(self.cfg.train.seed),
+            worker_init_fn=_leave_signals_to_the_trainer,
         )
 
     def _on_bad_step(self, batch: AudioBatch, progress: Progress) -> None:
@@ -241,10 +365,12 @@ class Trainer:
         progress.write(message)
         log.warning(message)
         if self.bad_steps_in_row >= self.cfg.train.max_bad_steps:
+            existing = ckpt.list_checkpoints(self.ckpt_dir)
+            last = f"The last good checkpoint is {existing[-1]}." if existing else "No checkpoint was written yet."
             raise TrainingError(
                 f"{self.bad_steps_in_row} consecutive batches had a non-finite loss or gradient "
-                f"(max_bad_steps={self.cfg.train.max_bad_steps}); stopping. The last good checkpoint "
-                f"is in {self.ckpt_dir}. Lower train.peak_lr or check the data."
+                f"(max_bad_steps={self.cfg.train.max_bad_steps}); stopping. {last} Lower train.peak_lr or check the "
+                f"data."
             )
 
     def _reallocate(self, progress: Progress) -> EventReport:
@@ -260,7 +386,8 @@ class Trainer:
                 f"the re-allocation event after step {self.step} failed: {err}\n"
                 f"The checkpoint of step {self.step}, written just before the event, is kept ({where}). To go on, "
                 f"resume it without the event (the same-size baseline from here): the same command with resume=true "
-                f"dmao.enabled=false; or with a smaller budget: resume=true dmao.schedule.delta=<smaller>."
+                f"dmao.enabled=false resume_changes=[dmao.enabled]; or with a smaller budget: resume=true "
+                f"dmao.schedule.delta=<smaller> resume_changes=[dmao.schedule.delta]."
             ) from err
         # Before re-wrapping: a new DDP copies rank 0's tensors to every rank and would hide a divergence.
         assert_replicas_identical(self.dist, self.model, self.device, buffers_from_rank0=True)
@@ -292,7 +419,26 @@ class Trainer:
                 f"{recovery['peak_loss']:.2f}, back below after {recovery['recovery_steps']} steps"
             )
 
+    def _stop_requested(self) -> bool:
+        """Whether a SIGTERM/SIGINT arrived (on any rank: all ranks stop after the same step)."""
+        if not self.dist.enabled:
+            return self.stop_signal is not None
+        flag = torch.tensor([float(self.stop_signal or 0)], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        self.stop_signal = int(flag.item()) or None
+        return self.stop_signal is not None
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.stop_signal is not None:  # a second signal: stop now, the last checkpoint is kept
+            raise KeyboardInterrupt
+        self.stop_signal = signum
+        log.warning("%s received: finishing this step, then writing a checkpoint", signal.Signals(signum).name)
+
     def train(self) -> None:
+        with _signals_handled_by(self._on_signal):
+            self._train()
+
+    def _train(self) -> None:
         cfg = self.cfg.train
         progress = Progress(cfg.steps, self.step, enabled=cfg.progress and self.dist.is_main)
         window_loss, window_seconds, window_steps, window_start = 0.0, 0.0, 0, time.monotonic()
@@ -303,10 +449,7 @@ class Trainer:
                 if self.step >= cfg.steps:
                     break
                 self.sampler.consumed()
-                if batch.skipped:
-                    self.skipped_cuts += len(batch.skipped)
-                    for reason in batch.skipped:
-                        log.warning("skipped unreadable audio: %s", reason)
+                self.unreadable.add(batch)
                 if not batch.cut_ids:
                     continue
                 batch = batch.to(self.device)
@@ -345,10 +488,15 @@ class Trainer:
                         fp16_overflows=self.fp16_overflows,
                     )
                     window_loss, window_seconds, window_steps, window_start = 0.0, 0.0, 0, time.monotonic()
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                saved = self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps
+                if saved:
                     self.save_checkpoint()
+                if self._stop_requested():
+                    path = None if saved else self.save_checkpoint()
+                    raise Stopped(self.stop_signal, self.step, path or ckpt.checkpoint_path(self.ckpt_dir, self.step))
         finally:
             progress.close()
+            self.unreadable.summarise()
         assert_replicas_identical(self.dist, self.model, self.device, buffers_from_rank0=True)
         unrecovered = self.spike_watch.close()
         if unrecovered is not None and self.dist.is_main:
@@ -386,6 +534,11 @@ class Trainer:
     def cleanup(self) -> None:
         if self.dist.is_main and hasattr(self, "metrics"):
             self.metrics.close()
+        if self._log_file is not None:
+            logging.getLogger().removeHandler(self._log_file)
+            self._log_file.close()
+        if self._lock is not None:
+            self._lock.release()
         shutdown(self.dist)
 
 

@@ -180,15 +180,20 @@ def test_a_failed_event_keeps_the_checkpoint_written_just_before_it(smoke_config
 
     overrides = ("train.eval_splits=[]", "dmao.schedule.t_end=0.34", "train.checkpoint_every=12")
     monkeypatch.setattr(Reallocator, "reallocate", failing)
-    with pytest.raises(TrainingError, match=r"(?s)after step 4 failed.*simulated.*kept.*ckpt-00000004.pt.*"
-                                            r"resume=true dmao.enabled=false.*dmao.schedule.delta"):  # fmt: skip
+    expected = (
+        r"(?s)after step 4 failed.*simulated.*kept.*ckpt-00000004.pt.*"
+        r"resume=true dmao.enabled=false resume_changes=\[dmao.enabled\].*dmao.schedule.delta"
+    )
+    with pytest.raises(TrainingError, match=expected):
         run_training(smoke_config(*overrides))
     monkeypatch.undo()
     run_dir = smoke_config().out_dir
     state = ckpt.load_checkpoint(f"{run_dir}/checkpoints")
     assert state["step"] == 4 and state["realloc"]["schedule"]["events_done"] == 0  # the state before the event
     # As the message says: go on without the event, as the same-size baseline.
-    resumed = run_training(smoke_config(*overrides, "resume=true", "dmao.enabled=false"))
+    resumed = run_training(
+        smoke_config(*overrides, "resume=true", "dmao.enabled=false", "resume_changes=[dmao.enabled]")
+    )
     assert resumed.step == 12
 
 
