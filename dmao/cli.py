@@ -40,9 +40,9 @@ def cmd_train(ns: argparse.Namespace) -> int:
     cfg = load_run_config(config, overrides)
     _setup_logging()  # the trainer adds out_dir/train.log once the run directory is claimed
     result = run_training(cfg)
-    if result.scores:
+    if result.evaluations:
         print(f"\nrun: {result.run_dir}  steps: {result.step}  wall time: {result.wall_seconds / 60:.1f} min")
-        print(wer_table(result.scores))
+        print(wer_table(result.evaluations))
     return 0
 
 
@@ -101,6 +101,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 
     _setup_logging()
     model, tokenizer, cfg = _load_model(ns.checkpoint, ns.device)
+    cfg.data.run_audio_commands = ns.run_audio_commands  # the user's choice now, not the training run's
     if ns.manifest:
         cuts = clean_cuts(CutSet.from_file(ns.manifest), cfg.data, ns.manifest, model.sample_rate)[0]
         sets = {manifest_label(ns.manifest): cuts}
@@ -114,16 +115,15 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     output = Path(ns.output) if ns.output else None
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
-    scores = {}
+    evaluations = {}
     for name, cuts in sets.items():
-        scores[name], transcripts, skipped = evaluate(
-            model, cuts, tokenizer, ns.max_duration, amp_dtype_for(cfg.train.amp, device)
-        )
+        result = evaluate(model, cuts, tokenizer, ns.max_duration, amp_dtype_for(cfg.train.amp, device), name)
         if output is not None:
-            write_transcripts(output / f"hyp_{name}.txt", transcripts)
-        for reason in skipped:
+            write_transcripts(output / f"hyp_{name}.txt", result.transcripts)
+        for reason in result.skipped:
             logging.warning("skipped unreadable audio: %s", reason)
-    print(wer_table(scores))
+        evaluations[name] = result
+    print(wer_table(evaluations))
     return 0
 
 
@@ -159,6 +159,16 @@ def cmd_layout(ns: argparse.Namespace) -> int:
 
     print(layout_report(ns.checkpoint))
     return 0
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,7 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("checkpoint", help="a ckpt-*.pt file, a run dir or its checkpoints/ folder (newest is taken)")
     ev.add_argument("--split", nargs="+", default=["dev", "test"], help="splits of the run's corpus (default dev test)")
     ev.add_argument("--manifest", help="a lhotse cut manifest to score instead of the corpus splits")
-    ev.add_argument("--max-duration", type=float, default=400.0, help="seconds of audio per batch")
+    ev.add_argument("--max-duration", type=_positive_seconds, default=400.0, help="seconds of audio per batch")
+    ev.add_argument(
+        "--run-audio-commands",
+        action="store_true",
+        help="run the shell commands that the manifest's audio sources name (type: command, wav.scp pipes); "
+        "refused without this flag",
+    )
     ev.add_argument("--device", default="auto")
     ev.add_argument(
         "--output",

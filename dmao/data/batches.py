@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 from lhotse import CutSet
-from lhotse.dataset import DynamicBucketingSampler
+from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
 
 from dmao.data.tokenizer import Tokenizer
 
@@ -121,17 +121,22 @@ class ResumableSampler(torch.utils.data.Sampler):
         world_size: int | None = None,
         rank: int | None = None,
     ) -> None:
+        options = {
+            "max_duration": max_duration,
+            "shuffle": shuffle,
+            "seed": seed,
+            "world_size": world_size,
+            "rank": rank,
+            "drop_last": world_size is not None and world_size > 1,
+        }
+        buckets = min(num_buckets, len(cuts))
         with warnings.catch_warnings():  # lhotse warns about eager cut sets; ours are cleaned in memory on purpose
             warnings.filterwarnings("ignore", message=".*eagerly read CutSet.*")
-            self.sampler = DynamicBucketingSampler(
-                cuts,
-                max_duration=max_duration,
-                num_buckets=min(num_buckets, len(cuts)),
-                shuffle=shuffle,
-                seed=seed,
-                world_size=world_size,
-                rank=rank,
-                drop_last=world_size is not None and world_size > 1,
+            # Bucketing needs at least two buckets (lhotse asserts it); a tiny corpus is batched without.
+            self.sampler = (
+                DynamicBucketingSampler(cuts, num_buckets=buckets, **options)
+                if buckets >= 2
+                else DynamicCutSampler(cuts, **options)
             )
         self.epoch = 0
         self.batches_done = 0

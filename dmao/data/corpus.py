@@ -17,11 +17,13 @@ from typing import Literal
 
 from lhotse import CutSet
 
+from dmao.data.kaldi import load_kaldi_dir
 from dmao.data.normalize import normalize_text
 from dmao.data.synth import SynthConfig, synthesize_corpus
 
 log = logging.getLogger(__name__)
 
+SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 CorpusName = Literal["embedded", "librispeech", "tedlium2", "switchboard", "manifests", "kaldi"]
 
 # Lhotse recipe names of each corpus's dev and test parts (Switchboard's test set is Hub5'00 = eval2000).
@@ -60,6 +62,9 @@ class DataConfig:
     """Longer clips are dropped (and counted) when the corpus is prepared."""
     num_workers: int = 1
     """DataLoader processes that read and decode audio (0: in the training process)."""
+    run_audio_commands: bool = False
+    """Run the shell commands that audio sources may name (lhotse ``type: command``, Kaldi ``wav.scp`` entries
+    ending in ``|``). Off: such a manifest is refused, since its data could run any program."""
 
     def __post_init__(self) -> None:
         if self.max_duration <= 0:
@@ -79,6 +84,12 @@ class DataConfig:
             raise ValueError("corpus 'switchboard' needs hub5_dir for its Hub5'00 test split")
         if self.corpus in ("manifests", "kaldi") and "train" not in self.manifests:
             raise ValueError(f"corpus {self.corpus!r} needs manifests.train (and usually dev, test)")
+        for split in self.manifests:
+            if not SPLIT_NAME.fullmatch(split):
+                raise ValueError(
+                    f"manifests: split name {split!r} must be letters, digits, '_', '-' or '.' (it names files such "
+                    f"as hyp_<split>.txt)"
+                )
 
 
 def normalize_transcript(text: str) -> str:
@@ -107,6 +118,8 @@ def clean_cuts(cuts: CutSet, cfg: DataConfig, name: str, sample_rate: int) -> tu
     report = CleaningReport(sample_rate)
     kept = []
     for cut in cuts:
+        if not cfg.run_audio_commands:
+            _refuse_commands(cut, name)
         text = normalize_transcript(" ".join(s.text or "" for s in cut.supervisions))
         if not text:
             report.empty_transcript += 1
@@ -134,6 +147,18 @@ def clean_cuts(cuts: CutSet, cfg: DataConfig, name: str, sample_rate: int) -> tu
     if not kept:
         raise ValueError(f"{name}: no usable utterance left after cleaning ({report.summary()})")
     return CutSet.from_cuts(kept), report
+
+
+def _refuse_commands(cut, name: str) -> None:
+    """A cut whose audio would be read by running a shell command is refused unless the user opted in."""
+    tracks = [t.cut for t in cut.tracks] if hasattr(cut, "tracks") else [cut]
+    for track in tracks:
+        for source in getattr(getattr(track, "recording", None), "sources", None) or []:
+            if source.type == "command":
+                raise ValueError(
+                    f"{name}: cut {cut.id} reads its audio by running the shell command {source.source!r}; refused. "
+                    f"If you trust this manifest, set data.run_audio_commands=true (dmao eval: --run-audio-commands)"
+                )
 
 
 def _cuts_from_manifests(manifests: dict) -> CutSet:
@@ -171,19 +196,15 @@ def _recipe_splits(cfg: DataConfig, cache: Path) -> dict[str, CutSet]:
     return splits
 
 
-def _load_given(cfg: DataConfig, sample_rate: int) -> dict[str, CutSet]:
+def _load_given(cfg: DataConfig) -> dict[str, CutSet]:
     splits = {}
     for split, location in cfg.manifests.items():
         path = Path(location).expanduser()
         if not path.exists():
             raise FileNotFoundError(f"data.manifests.{split}: {path} does not exist")
         if cfg.corpus == "kaldi":
-            from lhotse.kaldi import load_kaldi_data_dir
-
-            recordings, supervisions, _ = load_kaldi_data_dir(path, sampling_rate=sample_rate)
-            if supervisions is None:
-                raise ValueError(f"data.manifests.{split}: Kaldi dir {path} has no 'text' file")
-            splits[split] = _cuts_from_manifests({"recordings": recordings, "supervisions": supervisions})
+            splits[split], report = load_kaldi_dir(path, run_commands=cfg.run_audio_commands)
+            log.info("kaldi/%s: %s", split, report.summary())
         else:
             splits[split] = CutSet.from_file(path)
     return splits
@@ -197,7 +218,7 @@ def load_splits(cfg: DataConfig, sample_rate: int, num_jobs: int = 2, progress: 
         paths = synthesize_corpus(cfg.synth, cache / "embedded", sample_rate, num_jobs=num_jobs, progress=progress)
         raw = {split: CutSet.from_file(path) for split, path in paths.items()}
     elif cfg.corpus in ("manifests", "kaldi"):
-        raw = _load_given(cfg, sample_rate)
+        raw = _load_given(cfg)
     else:
         raw = _recipe_splits(cfg, cache)
     splits = {}

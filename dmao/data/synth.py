@@ -32,7 +32,9 @@ import logging
 import math
 import multiprocessing
 import os
+import re
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -51,6 +53,7 @@ from tqdm import tqdm
 
 from dmao.data.espeak import Dialect, Espeak, EspeakError
 from dmao.data.sentences import Sentence, sentence_pool
+from dmao.process import pid_alive
 
 if TYPE_CHECKING:
     from lhotse import MonoCut
@@ -439,6 +442,28 @@ def _recipe_and_dir(cfg: SynthConfig, cache_root: str | Path, sample_rate: int) 
     return recipe, Path(cache_root).expanduser().resolve() / f"synth-{key}"
 
 
+_OWNER = "owner"
+_BUILD = re.compile(r"^\.synth-[0-9a-f]+\..+\.partial$")
+
+
+def remove_abandoned_builds(cache_root: Path) -> list[Path]:
+    """Delete the partial corpus builds (``.synth-*.partial``) of processes that are gone: killed mid-build, they
+    hold as much audio as they had written. A build of a live process, or of another host, is left alone."""
+    removed = []
+    for path in cache_root.iterdir() if cache_root.is_dir() else []:
+        if not (_BUILD.match(path.name) and path.is_dir()):
+            continue
+        try:
+            pid, host = (path / _OWNER).read_text().split()
+        except (OSError, ValueError):
+            continue  # not written by this version: not ours to judge
+        if host == socket.gethostname() and not pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+            log.info("removed %s, a corpus build abandoned by a killed process", path)
+    return removed
+
+
 def corpus_dir(cfg: SynthConfig, cache_root: str | Path, sample_rate: int) -> Path:
     """The directory that holds (or will hold) the corpus of recipe ``cfg`` at ``sample_rate`` under ``cache_root``."""
     return _recipe_and_dir(cfg, cache_root, sample_rate)[1]
@@ -485,7 +510,9 @@ def synthesize_corpus(
         rng,
     )
     final_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_builds(final_dir.parent)
     build_dir = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".partial", dir=final_dir.parent))
+    (build_dir / _OWNER).write_text(f"{os.getpid()} {socket.gethostname()}\n")
     try:
         stats: dict[str, dict] = {}  # per split
         vocabulary: set[str] = set()
@@ -515,6 +542,7 @@ def synthesize_corpus(
             "real_time_factor": real_time_factor,
         }
         (build_dir / "recipe.json").write_text(json.dumps({**recipe, "stats": summary}, indent=2))
+        (build_dir / _OWNER).unlink()
         try:
             os.rename(build_dir, final_dir)
         except OSError:

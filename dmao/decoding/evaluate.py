@@ -70,16 +70,36 @@ def transcribe_cuts(
     return transcripts, skipped
 
 
+@dataclass
+class Evaluation:
+    """The score of one evaluated set and what it rests on."""
+
+    score: CorpusScore
+    transcripts: list[Transcript]
+    skipped: list[str]
+    """Cuts whose audio could not be read (not in the score), with the reason."""
+
+    @property
+    def scored(self) -> int:
+        return len(self.transcripts)
+
+
 def evaluate(
     model: CTCModel,
     cuts: CutSet,
     tokenizer: Tokenizer,
     max_duration: float,
     amp_dtype: torch.dtype | None = None,
-) -> tuple[CorpusScore, list[Transcript], list[str]]:
+    name: str = "the evaluation set",
+) -> Evaluation:
+    """Decode and score ``cuts``; raises ``ValueError`` naming ``name`` when not a single utterance could be scored
+    (a WER over nothing must not look like a result)."""
     transcripts, skipped = transcribe_cuts(model, cuts, tokenizer, max_duration, amp_dtype)
+    if not transcripts:
+        first = f"; first: {skipped[0]}" if skipped else ""
+        raise ValueError(f"{name}: no utterance could be scored ({len(skipped)} of {len(cuts)} unreadable{first})")
     score = score_corpus([t.reference for t in transcripts], [t.hypothesis for t in transcripts])
-    return score, transcripts, skipped
+    return Evaluation(score, transcripts, skipped)
 
 
 def write_transcripts(path: Path, transcripts: list[Transcript]) -> None:
@@ -89,10 +109,14 @@ def write_transcripts(path: Path, transcripts: list[Transcript]) -> None:
             handle.write(f"{t.cut_id}\tREF: {t.reference}\n{t.cut_id}\tHYP: {t.hypothesis}\n")
 
 
-def wer_table(scores: dict[str, CorpusScore]) -> str:
-    """Reference words, WER and CER per evaluated set, as a fixed-width text table."""
-    width = max([8, *(len(name) for name in scores)])
-    lines = [f"{'split':<{width}} {'words':>7} {'WER %':>7} {'CER %':>7}", "-" * (width + 24)]
-    for split, score in scores.items():
-        lines.append(f"{split:<{width}} {score.words.ref_len:>7} {100 * score.wer:>7.2f} {100 * score.cer:>7.2f}")
+def wer_table(evaluations: dict[str, Evaluation]) -> str:
+    """Per evaluated set: utterances scored and skipped (unreadable), reference words, WER and CER, as text."""
+    width = max([8, *(len(name) for name in evaluations)])
+    header = f"{'split':<{width}} {'utts':>6} {'skipped':>7} {'words':>7} {'WER %':>7} {'CER %':>7}"
+    lines = [header, "-" * len(header)]
+    for split, e in evaluations.items():
+        lines.append(
+            f"{split:<{width}} {e.scored:>6} {len(e.skipped):>7} {e.score.words.ref_len:>7} {100 * e.score.wer:>7.2f} "
+            f"{100 * e.score.cer:>7.2f}"
+        )
     return "\n".join(lines)

@@ -27,6 +27,7 @@ from dmao.config import from_dict
 from dmao.data.tokenizer import Tokenizer, load_tokenizer
 from dmao.encoders.layout import Layout
 from dmao.model import CTCModel
+from dmao.process import pid_alive
 from dmao.training.config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -121,17 +122,6 @@ def save_checkpoint(state: dict[str, Any], directory: str | Path, step: int, kee
 
 
 _TEMPORARY = re.compile(r"^\.ckpt-\d+\.pt\.tmp-(\d+)$")
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, owned by someone else
-    return True
 
 
 def remove_orphaned_temporaries(directory: str | Path) -> list[Path]:

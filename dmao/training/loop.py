@@ -28,7 +28,7 @@ from dmao.config import ConfigError, save_yaml, to_dict
 from dmao.data.batches import AudioBatch, AudioBatchDataset, ResumableSampler
 from dmao.data.corpus import load_splits
 from dmao.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
-from dmao.decoding.evaluate import evaluate, write_transcripts
+from dmao.decoding.evaluate import Evaluation, evaluate, write_transcripts
 from dmao.decoding.wer import CorpusScore
 from dmao.device import amp_dtype_for, check_training_memory, resolve_device
 from dmao.encoders.layout import Layout
@@ -129,8 +129,12 @@ def seed_everything(seed: int) -> None:
 class TrainResult:
     run_dir: Path
     step: int
-    scores: dict[str, CorpusScore]
+    evaluations: dict[str, Evaluation]
     wall_seconds: float
+
+    @property
+    def scores(self) -> dict[str, CorpusScore]:
+        return {split: e.score for split, e in self.evaluations.items()}
 
 
 class Trainer:
@@ -503,33 +507,33 @@ class Trainer:
             self.metrics.write("event_recovery", self.step, **unrecovered)
 
     # ----------------------------------------------------------------------------------------------- evaluation
-    def evaluate(self) -> dict[str, CorpusScore]:
-        scores = {}
+    def evaluate(self) -> dict[str, Evaluation]:
+        evaluations: dict[str, Evaluation] = {}
         if not self.dist.is_main:
-            return scores
+            return evaluations
         if self.engine is not None:
             self.engine.set_gates_active(True)  # a learnable-score run may have ended on a gates-off step
         for split in self.cfg.train.eval_splits:
             if split not in self.splits:
                 log.warning("no %r split in corpus %r; not evaluated", split, self.cfg.data.corpus)
                 continue
-            score, transcripts, skipped = evaluate(
-                self.model, self.splits[split], self.tokenizer, self.cfg.train.eval_max_duration, self.amp_dtype
+            result = evaluate(
+                self.model, self.splits[split], self.tokenizer, self.cfg.train.eval_max_duration, self.amp_dtype, split
             )
-            write_transcripts(self.run_dir / f"hyp_{split}.txt", transcripts)
-            for reason in skipped:
+            write_transcripts(self.run_dir / f"hyp_{split}.txt", result.transcripts)
+            for reason in result.skipped:
                 log.warning("%s: skipped unreadable audio: %s", split, reason)
             self.metrics.write(
                 "eval",
                 self.step,
                 split=split,
-                wer=score.wer,
-                cer=score.cer,
-                utterances=len(transcripts),
-                skipped=len(skipped),
+                wer=result.score.wer,
+                cer=result.score.cer,
+                utterances=result.scored,
+                skipped=len(result.skipped),
             )
-            scores[split] = score
-        return scores
+            evaluations[split] = result
+        return evaluations
 
     def cleanup(self) -> None:
         if self.dist.is_main and hasattr(self, "metrics"):
@@ -549,7 +553,7 @@ def run_training(cfg: RunConfig) -> TrainResult:
         trainer.setup()
         if trainer.step < cfg.train.steps:
             trainer.train()
-        scores = trainer.evaluate()
+        evaluations = trainer.evaluate()
     finally:
         trainer.cleanup()
-    return TrainResult(trainer.run_dir, trainer.step, scores, time.monotonic() - started)
+    return TrainResult(trainer.run_dir, trainer.step, evaluations, time.monotonic() - started)
