@@ -69,3 +69,9 @@ def test_sampler_resumes_at_the_consumed_batch_across_epochs(tmp_path):
     assert [ids(batch) for batch in itertools.islice(iter(resumed), 10)] == expected[10:]
     with pytest.raises(ValueError, match="unexpected keys \\['index'\\]"):
         resumed.load_state_dict({**first.state_dict(), "index": 3})
+
+
+def test_a_corpus_smaller_than_the_bucket_count_is_still_batched(tmp_path):
+    cuts = make_cuts(tmp_path, n=1)
+    sampler = ResumableSampler(cuts, max_duration=2.5, num_buckets=10, seed=0)
+    assert [c.id for c in next(iter(sampler))] == ["utt0"]

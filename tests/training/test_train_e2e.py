@@ -1,6 +1,7 @@
 """End to end on the smoke config: train, checkpoints, exact resume, bad steps, eval and transcribe."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -242,3 +243,30 @@ def test_the_sample_rate_comes_from_the_model_features_alone(smoke_config, corpu
     sf.write(clip, (0.2 * np.sin(np.arange(22050) / 10)).astype(np.float32), 22050)
     assert main(["transcribe", str(result.run_dir), str(clip)]) == 0  # resampled to the model's 8 kHz
     assert capsys.readouterr().out.startswith(f"{clip}\t")
+
+
+def test_eval_over_nothing_is_an_error_and_skips_are_in_the_table(trained_run, tmp_path, capsys):
+    from lhotse import CutSet
+    from lhotse.utils import fastcopy
+
+    from dmao.data.corpus import load_splits
+    from dmao.training.config import load_run_config
+
+    cfg = load_run_config(str(trained_run.run_dir / "config.yaml"))
+    dev = load_splits(cfg.data, cfg.model.features.sample_rate, progress=False)["dev"]
+
+    def moved(cut, where):
+        sources = [fastcopy(s, source=str(where / Path(s.source).name)) for s in cut.recording.sources]
+        return fastcopy(cut, recording=fastcopy(cut.recording, sources=sources))
+
+    gone = tmp_path / "gone.jsonl.gz"
+    CutSet.from_cuts(moved(c, tmp_path / "unmounted") for c in dev).to_file(gone)
+    assert main(["eval", str(trained_run.run_dir), "--manifest", str(gone)]) == 2
+    assert f"gone: no utterance could be scored ({len(dev)} of {len(dev)} unreadable" in capsys.readouterr().err
+    half = tmp_path / "half.jsonl.gz"
+    cuts = list(dev)
+    CutSet.from_cuts([moved(c, tmp_path / "unmounted") for c in cuts[:3]] + cuts[3:]).to_file(half)
+    assert main(["eval", str(trained_run.run_dir), "--manifest", str(half)]) == 0
+    header, _, row = capsys.readouterr().out.splitlines()[:3]
+    assert header.split()[:4] == ["split", "utts", "skipped", "words"]
+    assert row.split()[:3] == ["half", str(len(cuts) - 3), "3"]

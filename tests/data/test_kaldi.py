@@ -1,0 +1,132 @@
+"""Kaldi data directories as users have them, broken in the ways they break; and audio sources that run commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from lhotse import AudioSource, CutSet, Recording, SupervisionSegment
+
+from dmao.data.corpus import DataConfig, clean_cuts
+from dmao.data.kaldi import load_kaldi_dir
+
+
+def write(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def data_dir(tmp_path: Path, rate: int = 8000, segments: bool = True) -> Path:
+    """Two 2-second recordings at ``rate`` Hz; with ``segments``, two utterances in each."""
+    directory = tmp_path / "data" / "train"
+    directory.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("rec1", "rec2"):
+        sf.write(tmp_path / f"{name}.wav", 0.1 * rng.standard_normal(2 * rate).astype(np.float32), rate)
+    write(directory / "wav.scp", [f"rec1 {tmp_path / 'rec1.wav'}", f"rec2 {tmp_path / 'rec2.wav'}"])
+    if segments:
+        write(directory / "segments", ["u1 rec1 0.0 1.0", "u2 rec1 1.0 2.0", "u3 rec2 0.0 0.9", "u4 rec2 1.0 2.0"])
+        write(directory / "text", ["u1 HELLO THERE", "u2 IT 'S ME", "u3 GOOD", "u4 BYE"])
+        write(directory / "utt2spk", ["u1 spk1", "u2 spk1", "u3 spk2", "u4 spk2"])
+    else:
+        write(directory / "text", ["rec1 HELLO THERE", "rec2 GOOD BYE"])
+    return directory
+
+
+def test_a_sound_directory_loads_at_the_audio_s_own_rate(tmp_path):
+    cuts, report = load_kaldi_dir(data_dir(tmp_path))
+    assert sorted(c.id for c in cuts) == ["u1", "u2", "u3", "u4"]
+    by_id = {c.id: c for c in cuts}
+    assert by_id["u2"].supervisions[0].text == "IT 'S ME" and by_id["u3"].supervisions[0].speaker == "spk2"
+    assert by_id["u3"].duration == pytest.approx(0.9) and by_id["u2"].start == pytest.approx(1.0)
+    assert all(c.sampling_rate == 8000 for c in cuts) and report.summary() == "nothing skipped"
+    cleaned, cleaning = clean_cuts(cuts, DataConfig(), "kaldi/train", sample_rate=16000)
+    assert len(cleaned) == 4 and cleaning.resampled == 4  # the 8 kHz audio is resampled, none lost
+
+
+def test_without_segments_or_utt2spk_each_recording_is_an_utterance(tmp_path):
+    cuts, _ = load_kaldi_dir(data_dir(tmp_path, segments=False))
+    assert sorted((c.id, c.supervisions[0].speaker) for c in cuts) == [("rec1", "rec1"), ("rec2", "rec2")]
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty", "garbage"])
+def test_unreadable_audio_is_skipped_and_counted(tmp_path, damage):
+    directory = data_dir(tmp_path)
+    audio = tmp_path / "rec2.wav"
+    if damage == "missing":
+        audio.unlink()
+    else:
+        audio.write_bytes(b"" if damage == "empty" else b"RIFF....not audio at all")
+    cuts, report = load_kaldi_dir(directory)
+    assert sorted(c.id for c in cuts) == ["u1", "u2"]
+    assert "rec2" in report.summary() and "segments of unreadable recordings" in report.summary()
+
+
+@pytest.mark.parametrize(
+    ("file", "lines", "message"),
+    [
+        ("wav.scp", ["rec1 {a}", "rec1 {b}"], r"wav.scp:2: id 'rec1' appears again \(first at line 1\)"),
+        ("text", ["u1 A", "u2 B", "u1 C", "u3 D", "u4 E"], r"text:3: id 'u1' appears again \(first at line 1\)"),
+        ("segments", ["u1 rec1 0.0", "u2 rec1 1.0 2.0"], r"segments:1: expected '<utterance> <recording>"),
+        ("segments", ["u1 rec1 1.5 1.0"], r"segments:1: segment 'u1' has start 1.5 and end 1.0"),
+        ("segments", ["u1 rec9 0.0 1.0"], r"segments:1: segment 'u1' names recording 'rec9', not in wav.scp"),
+        ("segments", ["u1 rec1 0.0 9.0"], r"segments:1: segment 'u1' ends at 9.0 s, past its recording 'rec1'"),
+        ("segments", ["u1 rec1 zero 1.0"], r"segments:1: segment 'u1': start and end must be seconds"),
+    ],
+)
+def test_an_inconsistent_directory_is_refused_naming_file_line_and_id(tmp_path, file, lines, message):
+    directory = data_dir(tmp_path)
+    write(directory / file, [line.format(a=tmp_path / "rec1.wav", b=tmp_path / "rec2.wav") for line in lines])
+    with pytest.raises(ValueError, match=message):
+        load_kaldi_dir(directory)
+
+
+def test_missing_transcripts_and_orphan_transcripts_are_counted(tmp_path):
+    directory = data_dir(tmp_path)
+    write(directory / "text", ["u1 HELLO", "u2", "u3 GOOD", "u9 NOBODY SAID THIS"])  # u2 empty, u4 absent
+    cuts, report = load_kaldi_dir(directory)
+    assert sorted(c.id for c in cuts) == ["u1", "u2", "u3"]
+    assert "utterances without a transcript in text (e.g. u4)" in report.summary()
+    assert "transcripts without audio (e.g. u9)" in report.summary()
+    cleaned, cleaning = clean_cuts(cuts, DataConfig(), "kaldi/train", sample_rate=8000)
+    assert len(cleaned) == 2 and cleaning.empty_transcript == 1  # the empty transcript is dropped and counted
+
+
+def test_a_pipe_in_wav_scp_is_never_run_without_the_opt_in(tmp_path):
+    directory = data_dir(tmp_path)
+    witness = tmp_path / "ran"
+    write(
+        directory / "wav.scp", [f"rec1 touch {witness}; cat {tmp_path / 'rec1.wav'} |", f"rec2 {tmp_path / 'rec2.wav'}"]
+    )
+    with pytest.raises(ValueError, match=r"wav.scp:1: recording 'rec1' is read by running the shell command"):
+        load_kaldi_dir(directory)
+    assert not witness.exists()
+    cuts, _ = load_kaldi_dir(directory, run_commands=True)  # the user trusts this directory
+    assert witness.exists() and sorted(c.id for c in cuts) == ["u1", "u2", "u3", "u4"]
+
+
+def test_a_manifest_command_source_is_refused_without_the_opt_in(tmp_path):
+    witness = tmp_path / "ran"
+    sf.write(tmp_path / "a.wav", 0.1 * np.ones(8000, dtype=np.float32), 8000)
+    recording = Recording(
+        id="a",
+        sources=[AudioSource(type="command", channels=[0], source=f"touch {witness}; cat {tmp_path / 'a.wav'}")],
+        sampling_rate=8000,
+        num_samples=8000,
+        duration=1.0,
+    )
+    cut = recording.to_cut()
+    cut.supervisions = [SupervisionSegment("a", "a", 0.0, 1.0, text="hello")]
+    cuts = CutSet.from_cuts([cut])
+    with pytest.raises(ValueError, match="cut a reads its audio by running the shell command.*run_audio_commands"):
+        clean_cuts(cuts, DataConfig(), "cuts.jsonl.gz", sample_rate=8000)
+    assert not witness.exists()
+    cleaned, _ = clean_cuts(cuts, DataConfig(run_audio_commands=True), "cuts.jsonl.gz", sample_rate=8000)
+    assert len(cleaned) == 1
+
+
+@pytest.mark.parametrize("split", ["../x", "a/b", "", ".hidden"])
+def test_split_names_that_are_not_plain_file_names_are_refused(split):
+    with pytest.raises(ValueError, match="split name"):
+        DataConfig(corpus="manifests", manifests={"train": "t.jsonl.gz", split: "x.jsonl.gz"})
