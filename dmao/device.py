@@ -15,7 +15,9 @@ def parse_device(name: str) -> torch.device | None:
     try:
         return torch.device(name)
     except (RuntimeError, ValueError, TypeError):
-        raise ValueError(f"{name!r} is not a torch device (auto, cpu, cuda, cuda:1, mps, ...)") from None
+        raise ValueError(
+            f"{name!r} is not a torch device (auto, cpu, or an accelerator type with an optional index)"
+        ) from None
 
 
 def resolve_device(name: str) -> torch.device:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -238,3 +239,23 @@ def test_vocabulary_first_order_matches_plain_greedy():
     order = synth._vocabulary_first_order(sentences, np.random.default_rng(9))
     assert order.tolist() == expected
     assert sorted(order.tolist()) == list(range(len(sentences)))
+
+
+def test_only_builds_abandoned_by_dead_processes_are_removed(tmp_path):
+    import os
+    import socket
+
+    from dmao.data.synth import remove_abandoned_builds
+
+    def build(name: str, owner: str | None) -> Path:
+        path = tmp_path / f".synth-0123abcd.{name}.partial"
+        (path / "audio").mkdir(parents=True)
+        if owner is not None:
+            (path / "owner").write_text(owner)
+        return path
+
+    host = socket.gethostname()
+    dead, live = build("dead", f"999999 {host}"), build("live", f"{os.getpid()} {host}")
+    elsewhere, unknown = build("other", "999999 another-host"), build("old", None)
+    assert remove_abandoned_builds(tmp_path) == [dead]
+    assert not dead.exists() and live.exists() and elsewhere.exists() and unknown.exists()
