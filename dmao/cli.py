@@ -103,6 +103,8 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     model, tokenizer, cfg = _load_model(ns.checkpoint, ns.device)
     cfg.data.run_audio_commands = ns.run_audio_commands  # the user's choice now, not the training run's
     if ns.manifest:
+        if not Path(ns.manifest).is_file():  # lhotse would also open "pipe:..." names, running them
+            raise FileNotFoundError(f"--manifest {ns.manifest}: no such file")
         cuts = clean_cuts(CutSet.from_file(ns.manifest), cfg.data, ns.manifest, model.sample_rate)[0]
         sets = {manifest_label(ns.manifest): cuts}
     else:
@@ -285,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Stopped as stop:
         print(f"dmao {ns.command}: {stop}; continue with the same command and resume=true", file=sys.stderr)
         return stop.exit_code
-    except (ConfigError, CheckpointError, TrainingError, RunDirError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, CheckpointError, TrainingError, RunDirError, OSError, ValueError) as err:
         print(f"dmao {ns.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

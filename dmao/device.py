@@ -85,10 +85,19 @@ def available_memory(device: torch.device) -> int | None:
 
 def check_training_memory(parameters: int, device: torch.device) -> None:
     """Refuse a model whose weights, gradients and optimizer moments alone exceed the memory free on ``device``."""
-    needed, free = parameters * TRAINING_BYTES_PER_PARAMETER, available_memory(device)
+    _check_memory(parameters, TRAINING_BYTES_PER_PARAMETER, "training", "weights, gradients and AdamW moments", device)
+
+
+def check_inference_memory(parameters: int, device: torch.device) -> None:
+    """Refuse a model whose fp32 weights alone exceed the memory free on ``device``."""
+    _check_memory(parameters, 4, "loading", "its fp32 weights", device)
+
+
+def _check_memory(parameters: int, per_parameter: int, what: str, holding: str, device: torch.device) -> None:
+    needed, free = parameters * per_parameter, available_memory(device)
     if free is not None and needed > free:
         raise ValueError(
-            f"the model has {parameters:,} parameters: training needs at least {needed / 1e9:,.1f} GB on {device} for "
-            f"weights, gradients and AdamW moments ({TRAINING_BYTES_PER_PARAMETER} bytes each, activations not "
-            f"counted), and {free / 1e9:,.1f} GB are free; choose a smaller model"
+            f"the model has {parameters:,} parameters: {what} needs at least {needed / 1e9:,.1f} GB on {device} for "
+            f"{holding} ({per_parameter} bytes each, activations not counted), and {free / 1e9:,.1f} GB are free; "
+            f"choose a smaller model"
         )

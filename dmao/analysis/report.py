@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dmao.model import CTCModel
-from dmao.training.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from dmao.training.checkpoint import model_from_checkpoint, open_checkpoint
 
 
 def _type_table(
@@ -34,8 +34,7 @@ def layout_report(checkpoint_path: str | Path) -> str:
     """The layout of a checkpoint (a ``ckpt-*.pt`` file, or the newest one of a run or checkpoints directory): groups
     per layer, groups and parameters per module type, and, where it differs from the configuration's starting layout,
     that layout and the change per module type."""
-    path = resolve_checkpoint(checkpoint_path)
-    state = load_checkpoint(path)
+    path, state = open_checkpoint(checkpoint_path)
     model, tokenizer, cfg = model_from_checkpoint(state)
     layout, start = model.layout(), cfg.model.encoder.starting_layout()
     params = model.parameter_counts()

@@ -14,7 +14,7 @@ from typing import Any
 
 from dmao.config import ConfigError, from_dict, load_yaml
 from dmao.encoders.layout import Layout
-from dmao.training.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from dmao.training.checkpoint import CheckpointError, list_checkpoints, open_checkpoint
 from dmao.training.config import RunConfig
 from dmao.training.metrics import read_metrics
 
@@ -66,8 +66,14 @@ def _read_records(run_dir: Path) -> list[dict[str, Any]]:
     except json.JSONDecodeError as err:
         raise ValueError(f"{run_dir / 'metrics.jsonl'} is not JSON lines: {err}") from None
     for record in records:
-        if "kind" not in record or "step" not in record:
-            raise ValueError(f"{run_dir / 'metrics.jsonl'}: record without 'kind' or 'step': {str(record)[:200]}")
+        if (
+            not isinstance(record, dict)
+            or not isinstance(record.get("kind"), str)
+            or type(record.get("step")) is not int
+        ):
+            raise ValueError(
+                f"{run_dir / 'metrics.jsonl'}: a record needs a 'kind' string and an integer 'step': {record!s:.160}"
+            )
     return superseded_removed(records)
 
 
@@ -93,12 +99,11 @@ def load_run(run_dir: str | Path) -> RunHistory:
     records = _read_records(run_dir)
     events = [r for r in records if r["kind"] == "event"]
 
-    checkpoints = list_checkpoints(run_dir / "checkpoints")
-    state = load_checkpoint(checkpoints[-1]) if checkpoints else None
+    checkpoint, state = open_checkpoint(run_dir) if list_checkpoints(run_dir / "checkpoints") else (None, None)
     if state is not None and events and events[-1]["step"] > state["step"]:
         state = None  # the run went on past its last checkpoint and changed its layout since
     if state is not None:
-        final_layout, final_step, final_source = Layout.from_dict(state["layout"]), state["step"], checkpoints[-1].name
+        final_layout, final_step, final_source = Layout.from_dict(state["layout"]), state["step"], checkpoint.name
     elif events:
         final_layout = _event_layout(events[-1], "layout_after", metrics_path)
         final_step, final_source = events[-1]["step"], f"event {events[-1]['event']}"

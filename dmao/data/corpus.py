@@ -19,6 +19,7 @@ from lhotse import CutSet
 
 from dmao.data.kaldi import load_kaldi_dir
 from dmao.data.normalize import normalize_text
+from dmao.data.sources import shell_risks
 from dmao.data.synth import SynthConfig, synthesize_corpus
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class DataConfig:
     ending in ``|``). Off: such a manifest is refused, since its data could run any program."""
 
     def __post_init__(self) -> None:
-        if self.max_duration <= 0:
+        if not 0 < self.max_duration < float("inf"):
             raise ValueError(f"max_duration must be positive, got {self.max_duration}")
         if not 0 <= self.min_utterance_seconds < self.max_utterance_seconds:
             raise ValueError("need 0 <= min_utterance_seconds < max_utterance_seconds")
@@ -150,15 +151,13 @@ def clean_cuts(cuts: CutSet, cfg: DataConfig, name: str, sample_rate: int) -> tu
 
 
 def _refuse_commands(cut, name: str) -> None:
-    """A cut whose audio would be read by running a shell command is refused unless the user opted in."""
-    tracks = [t.cut for t in cut.tracks] if hasattr(cut, "tracks") else [cut]
-    for track in tracks:
-        for source in getattr(getattr(track, "recording", None), "sources", None) or []:
-            if source.type == "command":
-                raise ValueError(
-                    f"{name}: cut {cut.id} reads its audio by running the shell command {source.source!r}; refused. "
-                    f"If you trust this manifest, set data.run_audio_commands=true (dmao eval: --run-audio-commands)"
-                )
+    """A cut whose audio would be read by running a program is refused unless the user opted in."""
+    risks = shell_risks(cut.to_dict())
+    if risks:
+        raise ValueError(
+            f"{name}: reading the audio of cut {cut.id} {risks[0]}; refused. If you trust this manifest, set "
+            f"data.run_audio_commands=true (dmao eval: --run-audio-commands)"
+        )
 
 
 def _cuts_from_manifests(manifests: dict) -> CutSet:

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import soundfile
 from lhotse import AudioSource, CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
+
+from dmao.data.sources import shell_risk
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +70,8 @@ def read_table(path: Path, required: bool = False, allow_empty_value: bool = Fal
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        key, _, value = line.strip().partition(" ")
-        value = value.strip()
+        key, *rest = line.split(maxsplit=1)  # Kaldi separates the id by any whitespace
+        value = rest[0].strip() if rest else ""
         if not value and not allow_empty_value:
             raise ValueError(f"{path}:{number}: id {key!r} has no value")
         if key in table:
@@ -118,6 +121,10 @@ def _recordings(directory: Path, run_commands: bool, report: KaldiReport) -> dic
         path = Path(entry.value)
         if not path.is_absolute() and not path.exists():  # relative to where Kaldi ran, else to the directory
             path = directory / path
+        risk = shell_risk("file", str(path))
+        if risk and not run_commands:
+            raise ValueError(f"{where}: recording {recording_id!r} {risk}; refused (data.run_audio_commands=true "
+                             f"allows it)")  # fmt: skip
         if not path.is_file() or path.stat().st_size == 0:
             report.skip("missing or empty audio files", f"{recording_id} ({entry.value}, {where})")
             continue
@@ -141,8 +148,9 @@ def _segments(directory: Path, recordings: dict[str, Recording], known: set[str]
         try:
             start, end = float(fields[1]), float(fields[2])
         except ValueError:
-            raise ValueError(f"{where}: segment {utterance_id!r}: start and end must be seconds, got {fields[1:]}") \
-                from None  # fmt: skip
+            start = end = math.nan
+        if not (math.isfinite(start) and math.isfinite(end)):
+            raise ValueError(f"{where}: segment {utterance_id!r}: start and end must be seconds, got {fields[1:]}")
         if recording_id not in known:
             raise ValueError(f"{where}: segment {utterance_id!r} names recording {recording_id!r}, not in wav.scp")
         if start < 0 or end <= start:
@@ -151,7 +159,7 @@ def _segments(directory: Path, recordings: dict[str, Recording], known: set[str]
         if recording is None:
             report.skip("segments of unreadable recordings", utterance_id)
             continue
-        if end > recording.duration + END_TOLERANCE:
+        if end > recording.duration + END_TOLERANCE or start >= recording.duration:
             raise ValueError(
                 f"{where}: segment {utterance_id!r} ends at {end} s, past its recording {recording_id!r} "
                 f"({recording.duration:.2f} s)"
@@ -172,8 +180,13 @@ def load_kaldi_dir(directory: str | Path, run_commands: bool = False) -> tuple[C
     texts = read_table(directory / "text", required=True, allow_empty_value=True)
     speakers = read_table(directory / "utt2spk")
     for recording_id, entry in read_table(directory / "reco2dur").items():
+        try:
+            duration = float(entry.value)
+        except ValueError:
+            where = f"{directory / 'reco2dur'}:{entry.line}"
+            raise ValueError(f"{where}: {recording_id!r}: {entry.value!r} is not a duration in seconds") from None
         recording = recordings.get(recording_id)
-        if recording is not None and abs(float(entry.value) - recording.duration) > END_TOLERANCE:
+        if recording is not None and abs(duration - recording.duration) > END_TOLERANCE:
             log.warning(
                 "%s:%d: reco2dur says %s s for %r, the audio has %.2f s: using the audio's",
                 directory / "reco2dur", entry.line, entry.value, recording_id, recording.duration,

@@ -47,7 +47,7 @@ class LogMelConfig:
             raise ValueError(f"LogMelConfig.f_min must be in [0, f_max), got f_min={self.f_min}, f_max={f_max}")
         if f_max > nyquist:
             raise ValueError(f"LogMelConfig.f_max must be <= sample_rate / 2 = {nyquist}, got {f_max}")
-        if self.log_floor <= 0:
+        if not 0 < self.log_floor < float("inf"):
             raise ValueError(f"LogMelConfig.log_floor must be > 0, got {self.log_floor}")
 
 

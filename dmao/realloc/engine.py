@@ -109,7 +109,9 @@ def check_delta(cfg: ScheduleConfig, total: int, dearest: float) -> None:
     can cost (:func:`dmao.realloc.groups.single_group_cost`)."""
     limit = largest_balanced_delta(float(total), dearest, cfg.num_events)
     if cfg.delta >= limit:
-        largest = math.floor(limit * 1000) / 1000  # strictly below the limit, as a value one can type
+        largest = math.floor(limit * 1000) / 1000  # as a value one can type, and strictly below the limit
+        if largest >= limit:
+            largest = round(largest - 0.001, 3)
         advice = (
             f"the largest delta that balances every event here is {largest:g}"
             if largest > 0
@@ -210,8 +212,8 @@ class Reallocator:
         if not _distributed() or dist.get_rank() == 0:
             try:
                 outcome = self.plan(step)
-            except ValueError as err:
-                outcome = str(err)
+            except Exception as err:  # whatever it is, every rank must hear of it, or the others wait for ever
+                outcome = f"{type(err).__name__}: {err}" if not isinstance(err, ValueError) else str(err)
         outcome = _from_rank0(outcome, self.device)
         if isinstance(outcome, str):
             raise EventError(f"the re-allocation event at step {step} cannot be planned: {outcome}")

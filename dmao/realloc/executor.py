@@ -53,8 +53,8 @@ class GrowConfig:
         if self.mode not in ("copy", "random", "split"):
             raise ValueError(f"GrowConfig.mode must be copy, random or split, got {self.mode!r}")
         for name in ("copy_noise_relative_std", "rebuilt_noise_variance", "split_noise"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"GrowConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise ValueError(f"GrowConfig.{name} must be a finite number >= 0, got {getattr(self, name)!r}")
 
 
 @torch.no_grad()

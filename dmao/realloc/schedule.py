@@ -65,7 +65,7 @@ class ScheduleConfig:
             raise ValueError(f"ScheduleConfig.patience must be a positive integer, got {self.patience!r}")
         if not isinstance(self.loss_window, int) or self.loss_window < 2:
             raise ValueError(f"ScheduleConfig.loss_window must be an integer >= 2, got {self.loss_window!r}")
-        if self.loss_flatness is not None and self.loss_flatness <= 0:
+        if self.loss_flatness is not None and not 0 < self.loss_flatness < math.inf:
             raise ValueError(f"ScheduleConfig.loss_flatness must be positive, got {self.loss_flatness!r}")
         if self.trigger == "convergence" and self.rank_correlation is None and self.loss_flatness is None:
             raise ValueError("ScheduleConfig: the convergence trigger needs rank_correlation or loss_flatness")

@@ -25,9 +25,9 @@ import torch
 
 from dmao.config import from_dict
 from dmao.data.tokenizer import Tokenizer, load_tokenizer
+from dmao.device import check_inference_memory
 from dmao.encoders.layout import Layout
-from dmao.model import CTCModel
-from dmao.process import pid_alive
+from dmao.model import CTCModel, estimate_parameters
 from dmao.training.config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,15 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name)) and p.is_file()]
     return [p for _, p in sorted(found)]
+
+
+def checkpoint_step(path: Path) -> int:
+    match = _NAME.match(path.name)
+    if match is None:
+        raise ValueError(f"{path} is not named like a checkpoint (ckpt-<step>.pt)")
+    return int(match.group(1))
 
 
 def _write_failure(path: Path, err: BaseException) -> str:
@@ -81,6 +88,8 @@ def _write_failure(path: Path, err: BaseException) -> str:
         free = None
     if free is not None and free < (64 << 20):
         return f"the disk is full ({free:,} bytes free)"
+    if "inline_container" in str(err) or "unexpected pos" in str(err):
+        return "the file could not be written in full (a full disk, a quota or a file-size limit)"
     return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
 
 
@@ -113,10 +122,12 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> None:
 
 
 def save_checkpoint(state: dict[str, Any], directory: str | Path, step: int, keep_last: int) -> Path:
-    """Write ``state`` as the checkpoint of ``step`` and delete all but the newest ``keep_last``."""
+    """Write ``state`` as the checkpoint of ``step``, then keep it and the newest ``keep_last - 1`` older ones. Only
+    older checkpoints are ever deleted: never the one just written, never one of a later step."""
     path = checkpoint_path(directory, step)
     save_atomic(state, path)
-    for old in list_checkpoints(directory)[:-keep_last] if keep_last > 0 else []:
+    older = [p for p in list_checkpoints(directory) if checkpoint_step(p) < step]
+    for old in older[: max(0, len(older) - (keep_last - 1))]:
         old.unlink(missing_ok=True)
     return path
 
@@ -125,56 +136,70 @@ _TEMPORARY = re.compile(r"^\.ckpt-\d+\.pt\.tmp-(\d+)$")
 
 
 def remove_orphaned_temporaries(directory: str | Path) -> list[Path]:
-    """Delete the half-written checkpoint temporaries (``.ckpt-*.pt.tmp-PID``) of processes that are gone (a killed
-    write leaves one, as large as a checkpoint); returns what was removed."""
+    """Delete the half-written checkpoint temporaries (``.ckpt-*.pt.tmp-PID``) that are not this process's: call it
+    holding the run's lock, when no other writer can exist (a killed write leaves one, as large as a checkpoint, and
+    its pid may since belong to another process)."""
     directory = Path(directory)
     removed = []
     for path in directory.iterdir() if directory.is_dir() else []:
         match = _TEMPORARY.match(path.name)
-        if match and not pid_alive(int(match.group(1))):
+        if match and int(match.group(1)) != os.getpid():
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
 
 
-def load_latest_checkpoint(directory: str | Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest readable checkpoint of ``directory`` and its state (``None`` when there is none); an unreadable
-    newer one is skipped with a warning that names it and why."""
+def load_latest_checkpoint(directory: str | Path) -> tuple[Path, dict[str, Any], list[Path]] | None:
+    """The newest readable checkpoint of ``directory``, its state, and the newer ones that were skipped as unreadable
+    (each with a warning naming it and why); ``None`` when none is readable."""
+    skipped = []
     for path in reversed(list_checkpoints(directory)):
         try:
-            return path, load_checkpoint(path)
+            return path, read_checkpoint(path), skipped
         except CheckpointError as err:
             log.warning("skipping checkpoint %s: %s", path, err)
+            skipped.append(path)
     return None
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file as given, or the newest checkpoint of a run directory or of a checkpoints directory."""
+def open_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """A checkpoint file, or the newest readable one of a run or checkpoints directory, and its state (see
+    :func:`read_checkpoint`)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint, run directory or checkpoints directory (not found)")
     if path.is_file():
-        return path
+        return path, read_checkpoint(path)
     directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    found = list_checkpoints(directory)
-    if not found:
+    if not list_checkpoints(directory):
         raise CheckpointError(f"no checkpoint (ckpt-*.pt) in {directory}")
-    return found[-1]
+    latest = load_latest_checkpoint(directory)
+    if latest is None:
+        raise CheckpointError(f"no checkpoint in {directory} is readable (see the warnings above)")
+    return latest[0], latest[1]
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint file, or the newest one of a run or checkpoints directory, onto the CPU, and check that it
-    is a dmao training checkpoint of this format with every key (and no other)."""
-    path = resolve_checkpoint(path)
+    """The state of :func:`open_checkpoint`, loaded onto the CPU."""
+    return open_checkpoint(path)[1]
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Read one checkpoint file and check that it is a dmao training checkpoint of this format with every key (and
+    no other). Plain data and tensors only: anything else is refused, since unpickling it could run code."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"checkpoint {path} is unreadable: it holds objects other than tensors and plain data, and loading them "
-            f"could run code, so it is refused ({str(err).splitlines()[0]})"
-        ) from err
+        refused = re.search(r"GLOBAL ([\w.]+)", str(err))  # torch names the first disallowed global
+        if refused:
+            raise CheckpointError(
+                f"checkpoint {path} is refused: it holds objects other than tensors and plain data (first: "
+                f"{refused.group(1)}), and loading them could run code"
+            ) from None
+        raise CheckpointError(f"checkpoint {path} is unreadable (corrupt or truncated)") from None
     except Exception as err:
-        raise CheckpointError(f"checkpoint {path} is unreadable: {err}") from err
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"checkpoint {path} is unreadable (corrupt or truncated: {first})") from None
     if not isinstance(state, dict) or "format" not in state:
         raise CheckpointError(f"{path} is not a dmao training checkpoint (no 'format' entry)")
     if state["format"] != CHECKPOINT_FORMAT:
@@ -188,28 +213,27 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def rng_state() -> dict[str, Any]:
-    """This process's generator states (python, numpy, torch, the accelerator's) as plain data and tensors."""
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's generator states (python, numpy, torch, and ``device``'s when it is an accelerator) as plain
+    data and tensors."""
     name, keys, position, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
         "numpy": (name, keys.tolist(), position, has_gauss, cached),
         "torch": torch.get_rng_state(),
     }
-    accelerator = torch.accelerator.current_accelerator()
-    if accelerator is not None:
-        state["accelerator"] = getattr(torch, accelerator.type).get_rng_state_all()
+    if device.type != "cpu":
+        state["accelerator"] = getattr(torch, device.type).get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     random.setstate(state["python"])
     name, keys, position, has_gauss, cached = state["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    accelerator = torch.accelerator.current_accelerator()
-    if accelerator is not None and "accelerator" in state:
-        getattr(torch, accelerator.type).set_rng_state_all(state["accelerator"])
+    if device.type != "cpu" and "accelerator" in state:
+        getattr(torch, device.type).set_rng_state(state["accelerator"], device)
 
 
 def tokenizer_files(directory: Path) -> dict[str, bytes]:
@@ -217,13 +241,17 @@ def tokenizer_files(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
 
 
+def check_plain_file_name(name: object) -> None:
+    """A checkpoint's tokenizer file name must be a plain name: one with a folder in it would write elsewhere."""
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        raise CheckpointError(f"checkpoint tokenizer file name {name!r} is not a plain file name")
+
+
 def tokenizer_from_files(files: dict[str, bytes]) -> Tokenizer:
-    """Rebuild a tokenizer from a checkpoint's files; only plain file names are accepted (a name with a folder in
-    it would write outside the temporary directory)."""
+    """Rebuild a tokenizer from a checkpoint's files (plain file names only)."""
     with tempfile.TemporaryDirectory() as tmp:
         for name, content in files.items():
-            if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
-                raise CheckpointError(f"checkpoint tokenizer file name {name!r} is not a plain file name")
+            check_plain_file_name(name)
             (Path(tmp) / name).write_bytes(content)
         return load_tokenizer(tmp)
 
@@ -235,6 +263,14 @@ def model_from_checkpoint(
     comes from :func:`load_checkpoint`."""
     cfg = from_dict(RunConfig, state["config"])
     tokenizer = tokenizer_from_files(state["tokenizer"])
-    model = CTCModel(cfg.model, tokenizer.vocab_size, layout=Layout.from_dict(state["layout"]))
+    layout = Layout.from_dict(state["layout"])
+    try:  # a crafted or mistaken checkpoint must not make us allocate more than the machine has
+        start = cfg.model.encoder.starting_layout()
+        growth = max(1.0, sum(layout.total_groups().values()) / max(1, sum(start.total_groups().values())))
+        estimate = round(growth * estimate_parameters(cfg.model, tokenizer.vocab_size))
+        check_inference_memory(estimate, torch.device(device))
+    except ValueError as err:
+        raise CheckpointError(f"the checkpoint's model cannot be loaded here: {err}") from None
+    model = CTCModel(cfg.model, tokenizer.vocab_size, layout=layout)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), tokenizer, cfg

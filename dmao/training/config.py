@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -56,6 +56,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0 (0: torch's default), got {self.threads}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must lie in [0, 2**32), got {self.seed}")
         # Each (name, low, high, low included, high included); NaN fails every comparison.
         for name, low, high, closed_low, closed_high in (
             ("peak_lr", 0.0, 1.0, False, False),
@@ -104,6 +106,9 @@ class RunConfig:
     dmao: DmaoConfig = field(default_factory=DmaoConfig)
 
     def __post_init__(self) -> None:
+        if not self.out_dir.strip():
+            raise ConfigError("out_dir must name a directory")
+        self.out_dir = str(Path(self.out_dir).expanduser())
         if self.dmao.enabled and self.dmao.score.kind == "learnable" and not self.model.encoder.group_gates:
             raise ConfigError("dmao.score.kind=learnable scores the group gates: set model.encoder.group_gates=true")
         if self.dmao.enabled:
@@ -112,6 +117,11 @@ class RunConfig:
         for key in self.resume_changes:
             if not any(_covers(key, name) for name in known):
                 raise ConfigError(f"resume_changes: {key!r} is not a config key or section")
+
+    def as_recorded(self) -> RunConfig:
+        """This configuration as a run directory records it: the run's settings, without the one-off request to
+        resume (a config.yaml re-run later must not resume, nor allow changes, unless asked again)."""
+        return replace(self, out_dir=str(Path(self.out_dir).resolve()), resume=False, resume_changes=())
 
     def _check_dmao(self) -> None:
         """A schedule that does not fit the run, or a delta that cannot balance on this model, fails here, before any
@@ -183,6 +193,16 @@ def flatten(data: dict, prefix: str = "") -> dict[str, object]:
 
 def _covers(section: str, key: str) -> bool:
     return key == section or key.startswith(section + ".")
+
+
+NUMERIC_NEUTRAL_KEYS = ("train.device", "train.threads")
+"""Neutral keys that still change floating-point rounding: a resume with them changed is not bit-identical."""
+
+
+def neutral_changes(saved: dict, cfg: RunConfig) -> dict[str, tuple[object, object]]:
+    """The keys of :data:`NUMERIC_NEUTRAL_KEYS` that differ from the checkpoint's run: (old, new) by key."""
+    old, new = flatten(saved), flatten(to_dict(cfg))
+    return {key: (old.get(key), new.get(key)) for key in NUMERIC_NEUTRAL_KEYS if old.get(key) != new.get(key)}
 
 
 def check_resume_config(saved: dict, cfg: RunConfig) -> None:

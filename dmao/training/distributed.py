@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -15,6 +16,8 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1
+    """Processes on this node."""
 
     @property
     def enabled(self) -> bool:
@@ -36,7 +39,8 @@ def init_distributed(device: torch.device) -> DistInfo:
     if not dist.is_initialized():
         backend = "gloo" if device.type == "cpu" else dist.get_default_backend_for_device(device)
         dist.init_process_group(backend=backend)
-    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, local_world_size)
 
 
 def barrier(info: DistInfo) -> None:
@@ -51,6 +55,24 @@ def all_ranks_agree(info: DistInfo, flag: bool, device: torch.device) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MIN)
     return bool(value.item() > 0)
+
+
+def broadcast_from_main(info: DistInfo, obj: Any) -> Any:
+    """``obj`` as rank 0 has it, on every rank (unchanged in a single process)."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def max_over_ranks(info: DistInfo, values: tuple[int, ...], device: torch.device) -> tuple[int, ...]:
+    """The element-wise maximum of small integer flags over all ranks (one all-reduce)."""
+    if not info.enabled:
+        return tuple(values)
+    flags = torch.tensor([float(v) for v in values], device=device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return tuple(int(v) for v in flags.tolist())
 
 
 def shutdown(info: DistInfo) -> None:

@@ -35,17 +35,19 @@ from dmao.encoders.layout import Layout
 from dmao.model import CTCModel, estimate_parameters
 from dmao.realloc import EventReport, Reallocator
 from dmao.training import checkpoint as ckpt
-from dmao.training.config import RunConfig, check_resume_config
+from dmao.training.config import RunConfig, check_resume_config, neutral_changes
 from dmao.training.distributed import (
     DistInfo,
     assert_replicas_identical,
     barrier,
+    broadcast_from_main,
     init_distributed,
+    max_over_ranks,
     shutdown,
 )
 from dmao.training.events import LossSpikeWatch, event_record
 from dmao.training.metrics import MetricsLog, Progress
-from dmao.training.run_dir import RunDirError, RunLock, claim_run_dir
+from dmao.training.run_dir import RunDirError, RunLock, claim_run_dir, probe_writable
 from dmao.training.step import StepResult, build_optimization, train_step
 
 log = logging.getLogger(__name__)
@@ -100,14 +102,15 @@ class UnreadableAudio:
         self.total = 0
         self.empty_in_row = 0
 
-    def add(self, batch: AudioBatch) -> None:
+    def add(self, batch: AudioBatch, empty: bool) -> None:
+        """Count ``batch``'s unreadable cuts; ``empty``: no usable batch on some rank (agreed by all ranks)."""
         for reason in batch.skipped:
             self.total += 1
             if self.total <= self.FIRST:
                 log.warning("skipped unreadable audio: %s", reason)
             elif self.total % self.EVERY == 0:
                 log.warning("%d cuts with unreadable audio so far (latest: %s)", self.total, reason)
-        self.empty_in_row = 0 if batch.cut_ids else self.empty_in_row + 1
+        self.empty_in_row = self.empty_in_row + 1 if empty else 0
         if self.empty_in_row >= self.MAX_EMPTY_BATCHES:
             raise TrainingError(
                 f"no audio could be read in {self.empty_in_row} batches in a row ({self.total} unreadable cuts so "
@@ -146,14 +149,15 @@ class Trainer:
             self.device = resolve_device(cfg.train.device)
         except ValueError as err:
             raise ConfigError(f"train.device: {err}") from None
-        try:  # before any data is prepared: a model that cannot fit is known now
-            vocab = cfg.data.bpe_vocab_size if cfg.data.tokenizer == "bpe" else 0
-            check_training_memory(estimate_parameters(cfg.model, vocab), self.device)
-        except ValueError as err:
-            raise ConfigError(f"model: {err}") from None
         self.dist: DistInfo = init_distributed(self.device)
         if self.dist.enabled and self.device.type != "cpu":
             self.device = torch.device(self.device.type, self.dist.local_rank)
+        try:  # before any data is prepared: a model that cannot fit is known now
+            vocab = cfg.data.bpe_vocab_size if cfg.data.tokenizer == "bpe" else 0
+            sharing = self.dist.local_world_size if self.device.type == "cpu" else 1  # ranks of this node share RAM
+            check_training_memory(sharing * estimate_parameters(cfg.model, vocab), self.device)
+        except ValueError as err:
+            raise ConfigError(f"model: {err}") from None
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         self.amp_dtype = amp_dtype_for(cfg.train.amp, self.device)
@@ -165,6 +169,10 @@ class Trainer:
         self.unreadable = UnreadableAudio()
         self.fp16_overflows = 0
         self.stop_signal: int | None = None
+        """The signal all ranks agreed to stop on."""
+        self._signal_received: int | None = None
+        """The first SIGTERM/SIGINT this process received (set by the handler only)."""
+        self._saved_step = -1
         self._lock: RunLock | None = None
         self._log_file: logging.Handler | None = None
 
@@ -181,12 +189,28 @@ class Trainer:
         if not existing:
             log.warning("resume=true but %s has no checkpoint yet: starting from scratch", self.ckpt_dir)
             return None
-        latest = ckpt.load_latest_checkpoint(self.ckpt_dir)
-        if latest is None:
+        chosen = None
+        if self.dist.is_main:  # one rank chooses (and sets aside what it skipped), every rank reads that file
+            latest = ckpt.load_latest_checkpoint(self.ckpt_dir)
+            if latest is not None:
+                chosen = latest[0]
+                for skipped in latest[2]:
+                    aside = skipped.with_name(f"{skipped.name}.unreadable")
+                    skipped.rename(aside)  # kept for inspection, out of resuming and rotation
+                    log.warning("renamed the unreadable %s to %s", skipped.name, aside.name)
+        chosen = broadcast_from_main(self.dist, chosen)
+        if chosen is None:
             raise TrainingError(f"no checkpoint in {self.ckpt_dir} is readable (see the warnings above)")
-        path, state = latest
+        state = ckpt.read_checkpoint(chosen)
         check_resume_config(state["config"], self.cfg)
-        log.info("resuming from %s", path)
+        for key, (old, new) in neutral_changes(state["config"], self.cfg).items():
+            log.warning("resuming with %s %r -> %r: the same run, but not bit-identical to an uninterrupted one", key,
+                        old, new)  # fmt: skip
+        saved_ranks = len(state["rng"])
+        if saved_ranks != self.dist.world_size:
+            log.warning("the checkpoint was written by %d processes, this run has %d: data order and random streams "
+                        "differ from an uninterrupted run", saved_ranks, self.dist.world_size)  # fmt: skip
+        log.info("resuming from %s", chosen)
         return state
 
     def _claim_run_dir(self) -> None:
@@ -203,19 +227,25 @@ class Trainer:
         root.addHandler(self._log_file)
 
     def _prepare_tokenizer(self, train_texts: list[str], state: dict[str, Any] | None) -> Tokenizer:
+        """A new run trains the tokenizer into run_dir/tokenizer; a resumed one restores it there from the
+        checkpoint (the files every later checkpoint stores), whatever the folder held."""
         directory = self.run_dir / "tokenizer"
-        if state is not None:
-            return ckpt.tokenizer_from_files(state["tokenizer"])
         if self.dist.is_main:
             if directory.exists():
-                shutil.rmtree(directory)
-            bpe = self.cfg.data.tokenizer == "bpe"
-            build_tokenizer(
-                self.cfg.data.tokenizer,
-                train_texts,
-                directory,
-                vocab_size=self.cfg.data.bpe_vocab_size if bpe else None,
-            )
+                shutil.rmtree(directory)  # ours: the run directory carries our marker
+            if state is not None:
+                directory.mkdir()
+                for name, content in state["tokenizer"].items():
+                    ckpt.check_plain_file_name(name)
+                    (directory / name).write_bytes(content)
+            else:
+                bpe = self.cfg.data.tokenizer == "bpe"
+                build_tokenizer(
+                    self.cfg.data.tokenizer,
+                    train_texts,
+                    directory,
+                    vocab_size=self.cfg.data.bpe_vocab_size if bpe else None,
+                )
         barrier(self.dist)
         return load_tokenizer(directory)
 
@@ -254,7 +284,7 @@ class Trainer:
             self._load_state(state)
         self.forward = self._wrap(self.model)
         if self.dist.is_main:
-            save_yaml(cfg, self.run_dir / "config.yaml")
+            save_yaml(cfg.as_recorded(), self.run_dir / "config.yaml")
             self.metrics = MetricsLog(self.run_dir)
             counts = self.model.parameter_counts()
             log.info(
@@ -279,7 +309,10 @@ class Trainer:
         self.opt.scheduler.load_state_dict(state["scheduler"])
         self.opt.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(state["sampler"])
-        ckpt.set_rng_state(state["rng"][min(self.dist.rank, len(state["rng"]) - 1)])
+        if self.dist.rank < len(state["rng"]):
+            ckpt.set_rng_state(state["rng"][self.dist.rank], self.device)
+        else:  # more processes than wrote the checkpoint: a stream of its own for each new rank
+            seed_everything((self.cfg.train.seed * 1_000_003 + self.dist.rank * 7_919 + self.step) % 2**32)
         self.step = state["step"]
         self.bad_steps_total = state["bad_steps_total"]
         if self.engine is not None:
@@ -301,7 +334,9 @@ class Trainer:
         scheduler._last_lr = [group["lr"] for group in self.opt.optimizer.param_groups]
 
     def _check_checkpoint_space(self) -> None:
-        """A checkpoint holds the weights and two optimizer moments; while one is written the previous one stays."""
+        """A checkpoint holds the weights and two optimizer moments; while one is written the previous one stays.
+        Free space is checked for two, and a file of one checkpoint's size is written and removed, so that a quota
+        or a file-size limit shows now and not at the first checkpoint."""
         size = 3 * sum(p.numel() * p.element_size() for p in self.model.parameters())
         free = shutil.disk_usage(self.run_dir).free
         if free < 2 * size:
@@ -309,12 +344,14 @@ class Trainer:
                 f"out_dir {self.run_dir}: {free / 1e9:.2f} GB free, but a checkpoint takes about {size / 1e9:.2f} GB "
                 f"and one is written next to the previous one: free space or choose another out_dir"
             )
+        self.ckpt_dir.mkdir(exist_ok=True)
+        probe_writable(self.ckpt_dir, size)
 
     def _state(self, rng_states: list[dict[str, Any]]) -> dict[str, Any]:
         """Everything :data:`dmao.training.checkpoint.CHECKPOINT_KEYS` names."""
         return {
             "format": ckpt.CHECKPOINT_FORMAT,
-            "config": to_dict(self.cfg),
+            "config": to_dict(self.cfg.as_recorded()),
             "layout": self.model.layout().to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.opt.optimizer.state_dict(),
@@ -332,7 +369,7 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Write the checkpoint of the current step (every rank contributes its RNG state; rank 0 writes); returns
         its path on rank 0."""
-        states = [ckpt.rng_state()]
+        states = [ckpt.rng_state(self.device)]
         if self.dist.enabled:
             gathered: list[Any] = [None] * self.dist.world_size
             torch.distributed.all_gather_object(gathered, states[0])
@@ -341,6 +378,7 @@ class Trainer:
         if self.dist.is_main:
             path = ckpt.save_checkpoint(self._state(states), self.ckpt_dir, self.step, self.cfg.train.keep_last)
         barrier(self.dist)
+        self._saved_step = self.step
         return path
 
     # ----------------------------------------------------------------------------------------------- training
@@ -423,20 +461,26 @@ class Trainer:
                 f"{recovery['peak_loss']:.2f}, back below after {recovery['recovery_steps']} steps"
             )
 
-    def _stop_requested(self) -> bool:
-        """Whether a SIGTERM/SIGINT arrived (on any rank: all ranks stop after the same step)."""
-        if not self.dist.enabled:
-            return self.stop_signal is not None
-        flag = torch.tensor([float(self.stop_signal or 0)], device=self.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        self.stop_signal = int(flag.item()) or None
-        return self.stop_signal is not None
+    def _agree(self, empty_batch: bool) -> tuple[bool, bool]:
+        """One all-reduce per batch: whether any rank received a stop signal, and whether any rank's batch has no
+        readable audio (then every rank skips it, so that all ranks keep taking the same steps)."""
+        # The local signal is only read here, never overwritten: one that arrives during the reduction is seen next
+        # time, not lost.
+        received, empty_batch = max_over_ranks(self.dist, (self._signal_received or 0, int(empty_batch)), self.device)
+        if received:
+            self.stop_signal = received
+        return bool(received), bool(empty_batch)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if self.stop_signal is not None:  # a second signal: stop now, the last checkpoint is kept
+        if self._signal_received is not None:  # a second signal here: stop now, the last checkpoint is kept
             raise KeyboardInterrupt
-        self.stop_signal = signum
+        self._signal_received = signum
         log.warning("%s received: finishing this step, then writing a checkpoint", signal.Signals(signum).name)
+
+    def _stop(self) -> None:
+        """Stop on the agreed signal: checkpoint the current step (unless it is on disk already), then raise."""
+        path = self.save_checkpoint() if self._saved_step != self.step else None
+        raise Stopped(self.stop_signal, self.step, path or ckpt.checkpoint_path(self.ckpt_dir, self.step))
 
     def train(self) -> None:
         with _signals_handled_by(self._on_signal):
@@ -452,9 +496,12 @@ class Trainer:
             for batch in self._loader():
                 if self.step >= cfg.steps:
                     break
+                stop, empty = self._agree(not batch.cut_ids)
+                if stop:  # before this batch counts as consumed: the resumed run trains on it
+                    self._stop()
                 self.sampler.consumed()
-                self.unreadable.add(batch)
-                if not batch.cut_ids:
+                self.unreadable.add(batch, empty)
+                if empty:
                     continue
                 batch = batch.to(self.device)
                 result = train_step(
@@ -492,12 +539,10 @@ class Trainer:
                         fp16_overflows=self.fp16_overflows,
                     )
                     window_loss, window_seconds, window_steps, window_start = 0.0, 0.0, 0, time.monotonic()
-                saved = self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps
-                if saved:
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save_checkpoint()
-                if self._stop_requested():
-                    path = None if saved else self.save_checkpoint()
-                    raise Stopped(self.stop_signal, self.step, path or ckpt.checkpoint_path(self.ckpt_dir, self.step))
+            if self._agree(False)[0]:  # a signal during the last step: the run is done, but the user asked to stop
+                self._stop()
         finally:
             progress.close()
             self.unreadable.summarise()

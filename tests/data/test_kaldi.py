@@ -119,7 +119,7 @@ def test_a_manifest_command_source_is_refused_without_the_opt_in(tmp_path):
     cut = recording.to_cut()
     cut.supervisions = [SupervisionSegment("a", "a", 0.0, 1.0, text="hello")]
     cuts = CutSet.from_cuts([cut])
-    with pytest.raises(ValueError, match="cut a reads its audio by running the shell command.*run_audio_commands"):
+    with pytest.raises(ValueError, match="reading the audio of cut a runs the shell command.*run_audio_commands"):
         clean_cuts(cuts, DataConfig(), "cuts.jsonl.gz", sample_rate=8000)
     assert not witness.exists()
     cleaned, _ = clean_cuts(cuts, DataConfig(run_audio_commands=True), "cuts.jsonl.gz", sample_rate=8000)
@@ -130,3 +130,78 @@ def test_a_manifest_command_source_is_refused_without_the_opt_in(tmp_path):
 def test_split_names_that_are_not_plain_file_names_are_refused(split):
     with pytest.raises(ValueError, match="split name"):
         DataConfig(corpus="manifests", manifests={"train": "t.jsonl.gz", split: "x.jsonl.gz"})
+
+
+def test_tab_separated_tables_are_read_as_kaldi_reads_them(tmp_path):
+    directory = data_dir(tmp_path)
+    write(directory / "text", ["u1\tHELLO THERE", "u2\tIT 'S ME", "u3 GOOD", "u4\t BYE"])
+    write(directory / "wav.scp", [f"rec1\t{tmp_path / 'rec1.wav'}", f"rec2  {tmp_path / 'rec2.wav'}"])
+    cuts, report = load_kaldi_dir(directory)
+    assert {c.id: c.supervisions[0].text for c in cuts}["u1"] == "HELLO THERE" and report.summary() == "nothing skipped"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("u1 rec1 2.5 2.8", r"segments:1: segment 'u1' ends at 2.8 s, past its recording"),  # starts past the end
+        ("u1 rec1 0 nan", r"segments:1: segment 'u1': start and end must be seconds"),
+        ("u1 rec1 nan 1.0", r"segments:1: segment 'u1': start and end must be seconds"),
+    ],
+)
+def test_impossible_segment_times_are_named(tmp_path, line, message):
+    directory = data_dir(tmp_path)
+    write(directory / "segments", [line])
+    with pytest.raises(ValueError, match=message):
+        load_kaldi_dir(directory)
+
+
+def test_a_bad_reco2dur_value_is_named(tmp_path):
+    directory = data_dir(tmp_path)
+    write(directory / "reco2dur", ["rec1 2.0", "rec2 abc"])
+    with pytest.raises(ValueError, match=r"reco2dur:2: 'rec2': 'abc' is not a duration in seconds"):
+        load_kaldi_dir(directory)
+
+
+def test_a_sphere_path_with_shell_syntax_is_refused(tmp_path):
+    directory = data_dir(tmp_path)
+    evil = tmp_path / "a;touch PWNED;#.sph"
+    evil.write_bytes(b"NIST_1A")
+    write(directory / "wav.scp", [f"rec1 {evil}", f"rec2 {tmp_path / 'rec2.wav'}"])
+    with pytest.raises(ValueError, match="is decoded through a shell with the path"):
+        load_kaldi_dir(directory)
+    assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        {"type": "url", "channels": [0], "source": "pipe:touch {witness}; cat {wav}"},
+        {"type": "file", "channels": [0], "source": "{wav}; touch {witness}; #.sph"},
+    ],
+)
+def test_other_ways_to_run_a_program_from_a_manifest_are_refused(tmp_path, source):
+    witness, wav = tmp_path / "ran", tmp_path / "a.wav"
+    sf.write(wav, 0.1 * np.ones(8000, dtype=np.float32), 8000)
+    filled = {k: v.format(witness=witness, wav=wav) if isinstance(v, str) else v for k, v in source.items()}
+    recording = Recording.from_dict(
+        {"id": "a", "sources": [filled], "sampling_rate": 8000, "num_samples": 8000, "duration": 1.0}
+    )
+    cut = recording.to_cut()
+    cut.supervisions = [SupervisionSegment("a", "a", 0.0, 1.0, text="hello")]
+    with pytest.raises(ValueError, match="reading the audio of cut a runs|is decoded through a shell"):
+        clean_cuts(CutSet.from_cuts([cut]), DataConfig(), "m.jsonl", sample_rate=8000)
+    assert not witness.exists()
+
+
+def test_a_command_nested_in_a_transform_is_refused(tmp_path):
+    witness = tmp_path / "ran"
+    sf.write(tmp_path / "a.wav", 0.1 * np.ones(8000, dtype=np.float32), 8000)
+    rir = {"id": "rir", "sources": [{"type": "command", "channels": [0], "source": f"touch {witness}"}],
+           "sampling_rate": 8000, "num_samples": 800, "duration": 0.1}  # fmt: skip
+    recording = Recording.from_file(tmp_path / "a.wav", recording_id="a").to_dict()
+    recording["transforms"] = [{"name": "ReverbWithImpulseResponse", "kwargs": {"rir": rir}}]
+    cut = Recording.from_dict(recording).to_cut()
+    cut.supervisions = [SupervisionSegment("a", "a", 0.0, 1.0, text="hello")]
+    with pytest.raises(ValueError, match="runs the shell command"):
+        clean_cuts(CutSet.from_cuts([cut]), DataConfig(), "m.jsonl", sample_rate=8000)
+    assert not witness.exists()

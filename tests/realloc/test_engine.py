@@ -295,3 +295,28 @@ def test_the_engine_imports_only_torch_the_standard_library_and_the_contract():
             for name in names:
                 top = name.split(".")[0]
                 assert name.startswith(allowed) or (top in sys.stdlib_module_names and top != "dmao"), (path, name)
+
+
+def test_the_largest_delta_named_is_itself_accepted_even_at_an_exact_limit():
+    from dmao.realloc import check_delta
+
+    schedule = ScheduleConfig(delta=0.5)
+    with pytest.raises(ValueError, match=r"is 0.374 ") as refused:  # the limit is exactly 0.375 (P 800, c 100)
+        check_delta(schedule, total=800, dearest=100.0)
+    largest = float(str(refused.value).split("here is ")[1].split(" ")[0])
+    check_delta(ScheduleConfig(delta=largest), total=800, dearest=100.0)
+
+
+def test_any_planning_failure_becomes_an_event_error(monkeypatch):
+    from dmao.realloc import EventError
+
+    run = Run(config())
+    run.train(9)
+    run.engine.after_backward(10)
+
+    def broken(step):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(run.engine, "plan", broken)
+    with pytest.raises(EventError, match="cannot be planned: RuntimeError: boom"):
+        run.engine.reallocate(10, run.optimizer)

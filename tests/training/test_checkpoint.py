@@ -69,7 +69,7 @@ class Payload:
 def test_a_checkpoint_cannot_run_code(tmp_path, capsys):
     path = ckpt.checkpoint_path(tmp_path, 1)
     ckpt.save_atomic(state(1, config=Payload()), path)
-    with pytest.raises(ckpt.CheckpointError, match="unreadable"):
+    with pytest.raises(ckpt.CheckpointError, match=r"is refused: .*\(first: [\w.]*print\).*could run code"):
         ckpt.load_checkpoint(path)
     assert "code ran" not in capsys.readouterr().out
 
@@ -79,11 +79,11 @@ def test_rng_state_round_trips_as_plain_data(tmp_path):
 
     import numpy as np
 
-    saved = ckpt.rng_state()
+    saved = ckpt.rng_state(torch.device("cpu"))
     path = ckpt.checkpoint_path(tmp_path, 1)
     ckpt.save_atomic(state(1, rng=[saved]), path)
     expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
-    ckpt.set_rng_state(ckpt.load_checkpoint(path)["rng"][0])  # read back with weights_only=True
+    ckpt.set_rng_state(ckpt.load_checkpoint(path)["rng"][0], torch.device("cpu"))  # read back with weights_only=True
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
 
 

@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from dmao.training.distributed import DistInfo, assert_replicas_identical, tensor_digests
+from dmao.training.distributed import DistInfo, assert_replicas_identical, max_over_ranks, tensor_digests
 
 
 def model() -> nn.Module:
@@ -50,6 +50,8 @@ def rank_main(rank: int, init_file: str, out_dir: str) -> None:
         if rank == 1:
             net[1].running_var = torch.ones(7)
         results["buffer_shape"] = outcome(net, info, buffers_from_rank0=True)
+        # The per-batch agreement: rank 1 got a SIGTERM, rank 0's batch was empty: both ranks learn both.
+        results["agreed"] = max_over_ranks(info, (15 if rank == 1 else 0, int(rank == 0)), torch.device("cpu"))
     finally:
         dist.destroy_process_group()
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
@@ -68,6 +70,7 @@ def test_the_replica_check_sees_permutations_and_buffers(tmp_path):
     assert zero["buffer_synced"] == one["buffer_synced"] == "identical"
     assert zero["buffer_after_sync"] == one["buffer_after_sync"]
     assert "name, dtype or shape of 1.running_var" in zero["buffer_shape"]
+    assert zero["agreed"] == one["agreed"] == [15, 1]
 
 
 def test_digests_are_exact_and_cover_buffers():

@@ -106,10 +106,11 @@ def test_resume_never_changes_what_the_weights_were_built_with(finished):
         resume(finished, "resume_changes=[train.stpes]")
 
 
-def test_resume_may_extend_a_run_and_the_lr_follows_the_longer_schedule(finished, tmp_path):
+def test_resume_may_extend_a_run_and_the_lr_follows_the_longer_schedule(smoke_config):
     from dmao.training.lr import one_cycle_factor
 
-    extended = resume(finished, "train.steps=16", "resume_changes=[train.steps]")
+    run_training(smoke_config(*QUICK))
+    extended = run_training(smoke_config(*QUICK, "resume=true", "train.steps=16", "resume_changes=[train.steps]"))
     assert extended.step == 16
     records = [json.loads(line) for line in (extended.run_dir / "metrics.jsonl").read_text().splitlines()]
     lr_at_16 = [r["lr"] for r in records if r["kind"] == "train" and r["step"] == 16][-1]
@@ -143,6 +144,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(smoke_config
         resumed = run_training(smoke_config(*QUICK, "resume=true"))
     assert "skipping checkpoint" in caplog.text and "ckpt-00000012.pt" in caplog.text
     assert resumed.step == 12 and ckpt.load_checkpoint(newest)["step"] == 12  # rewritten from step 6 on
+    assert (newest.parent / "ckpt-00000012.pt.unreadable").stat().st_size == 1000  # set aside, not deleted
     assert not orphan.exists() and live.exists()
 
 
@@ -176,8 +178,11 @@ def test_unreadable_training_audio_stops_the_run_without_flooding_the_log(smoke_
 
 def test_values_that_cannot_work_are_refused_up_front(tmp_path, capsys):
     cases = {
-        "train.grad_clip=.nan": "grad_clip must lie in",
-        "train.initial_lr_ratio=.nan": "initial_lr_ratio must lie in",
+        "train.grad_clip=.nan": "train.grad_clip: expected a finite number",
+        "train.grad_clip=0": "grad_clip must lie in",
+        "train.initial_lr_ratio=.nan": "train.initial_lr_ratio: expected a finite number",
+        "dmao.grow.rebuilt_noise_variance=.inf": "dmao.grow.rebuilt_noise_variance: expected a finite number",
+        "train.seed=-1": "seed must lie in [0, 2**32)",
         "train.threads=-3": "threads must be >= 0",
         "train.device=banana": "'banana' is not a torch device",
         "train.device=cuda:7": "train.device: device 'cuda:7' is not available",
@@ -199,7 +204,9 @@ def test_a_torch_write_failure_is_a_checkpoint_error(tmp_path, monkeypatch):
         raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 576 vs 470")
 
     monkeypatch.setattr(torch, "save", failing)
-    with pytest.raises(ckpt.CheckpointError, match=r"could not write checkpoint .*ckpt-00000001.pt: RuntimeError"):
+    with pytest.raises(
+        ckpt.CheckpointError, match=r"could not write checkpoint .*ckpt-00000001.pt: the file could not"
+    ):
         ckpt.save_checkpoint({}, tmp_path, 1, keep_last=1)
     assert not list(tmp_path.iterdir())
 
@@ -258,11 +265,122 @@ def test_a_full_disk_is_one_line_naming_the_path(corpus_cache, tmp_path):
         "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1]))); "
         "from dmao.cli import main; sys.exit(main(sys.argv[2:]))"
     )
-    for limit, message in ((512 << 10, "cannot write into out_dir"), (2 << 20, "could not write checkpoint")):
+    # 512 KiB: the first probe (1 MiB) fails; 2 MiB: the probe of one checkpoint's size (about 3.6 MB) fails. Either
+    # way before any training step.
+    for limit, where in ((512 << 10, ""), (2 << 20, "/checkpoints")):
         out = tmp_path / f"run{limit}"
         arguments = _train_command(out, corpus_cache)[3:]  # after "python -m dmao.cli"
         done = subprocess.run([sys.executable, "-c", limited, str(limit), *arguments], capture_output=True,
                               text=True, timeout=300)  # fmt: skip
         assert done.returncode == 2, done.stderr[-2000:]
-        assert message in done.stderr and str(out) in done.stderr and "Traceback" not in done.stderr
-        assert not [p for p in out.rglob(".ckpt-*")]  # no temporary left behind
+        assert f"cannot write into out_dir {out}{where}: the disk is full" in done.stderr, done.stderr[-2000:]
+        assert "Traceback" not in done.stderr and not (out / "metrics.jsonl").exists()
+        assert not [p for p in out.rglob(".dmao-write-probe")]  # no probe left behind
+
+
+def test_a_forked_child_does_not_keep_a_dead_runs_lock(tmp_path):
+    """The trainer's DataLoader workers are forked; when the trainer is killed, an orphaned worker must not hold the
+    lock (a resume right after a preemption would be refused)."""
+    script = (
+        "import os, sys, time; from pathlib import Path; from dmao.training.run_dir import RunLock, claim_run_dir; "
+        "d = Path(sys.argv[1]); claim_run_dir(d); RunLock(d).acquire(); "
+        "pid = os.fork()\n"
+        "if pid == 0:\n    time.sleep(30); os._exit(0)\n"
+        "print(pid, flush=True); os._exit(0)"  # the parent dies at once, holding the lock; its child lives on
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "run")], capture_output=True, text=True)
+    child = int(done.stdout.split()[0])
+    try:
+        with RunLock(tmp_path / "run"):  # free, although the forked child still runs
+            assert ckpt_pid_alive(child)
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
+def ckpt_pid_alive(pid: int) -> bool:
+    from dmao.process import pid_alive
+
+    return pid_alive(pid)
+
+
+def test_rotation_never_deletes_the_new_checkpoint_or_a_later_one(tmp_path):
+    state = {**dict.fromkeys(ckpt.CHECKPOINT_KEYS), "format": ckpt.CHECKPOINT_FORMAT}
+    for step in (100, 200):
+        ckpt.save_checkpoint({**state, "step": step}, tmp_path, step, keep_last=3)
+    ckpt.checkpoint_path(tmp_path, 300).write_bytes(b"garbage")  # unreadable, or another tool's
+    (tmp_path / "ckpt-00000400.pt").mkdir()  # a directory named like one
+    ckpt.save_checkpoint({**state, "step": 250}, tmp_path, 250, keep_last=1)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["ckpt-00000250.pt", "ckpt-00000300.pt"]
+    assert ckpt.load_checkpoint(tmp_path)["step"] == 250  # the unreadable newer one is skipped
+
+
+def test_a_resume_restores_the_tokenizer_and_records_no_resume_request(smoke_config):
+    import shutil
+
+    import yaml
+
+    cfg = smoke_config(*QUICK, "train.steps=4", "train.checkpoint_every=2")
+    run_training(cfg)
+    out = Path(cfg.out_dir)
+    shutil.rmtree(out / "tokenizer")
+    resumed = run_training(smoke_config(*QUICK, "train.steps=6", "train.checkpoint_every=2", "resume=true",
+                                        "resume_changes=[train.steps]"))  # fmt: skip
+    assert resumed.step == 6 and (out / "tokenizer").is_dir()
+    assert (
+        ckpt.load_checkpoint(out)["tokenizer"]
+        == ckpt.load_checkpoint(out / "checkpoints" / "ckpt-00000004.pt")["tokenizer"]
+    )
+    recorded = yaml.safe_load((out / "config.yaml").read_text())
+    assert recorded["resume"] is False and recorded["resume_changes"] == []
+    assert Path(recorded["out_dir"]).is_absolute() and recorded["train"]["steps"] == 6
+
+
+def test_a_resume_that_changes_rounding_says_so(finished, caplog):
+    with caplog.at_level("WARNING"):
+        resume(finished, "train.threads=2")
+    assert "resuming with train.threads 0 -> 2: the same run, but not bit-identical" in caplog.text
+
+
+def test_out_dir_expands_the_home_directory():
+    from dmao.training.config import RunConfig
+
+    assert RunConfig(out_dir="~/runs/x").out_dir == str(Path.home() / "runs" / "x")
+    with pytest.raises(ConfigError, match="out_dir must name a directory"):
+        RunConfig(out_dir=" ")
+
+
+def test_a_yaml_number_without_a_dot_is_a_number(tmp_path):
+    from dmao.training.config import load_run_config
+
+    assert load_run_config("smoke", ["train.peak_lr=1e-3"]).train.peak_lr == 0.001
+
+
+def test_a_crafted_checkpoint_cannot_make_eval_allocate_the_machine(tmp_path, capsys):
+    from dmao.config import to_dict
+    from dmao.data.tokenizer import CharTokenizer
+    from dmao.training.config import load_run_config
+
+    huge = load_run_config("smoke", ["model.encoder.num_layers=200000", "model.encoder.d_model=4096",
+                                     "model.encoder.head_dim=64"])  # fmt: skip
+    CharTokenizer(list("ab ")).save(tmp_path / "tok")
+    state = {
+        **dict.fromkeys(ckpt.CHECKPOINT_KEYS),
+        "format": ckpt.CHECKPOINT_FORMAT,
+        "config": to_dict(huge),
+        "layout": huge.model.encoder.starting_layout().to_dict(),
+        "model": {},
+        "step": 1,
+        "tokenizer": ckpt.tokenizer_files(tmp_path / "tok"),
+    }
+    ckpt.save_atomic(state, tmp_path / "ckpt-00000001.pt")
+    assert main(["layout", str(tmp_path / "ckpt-00000001.pt")]) == 2
+    assert "cannot be loaded here" in capsys.readouterr().err
+
+
+def test_output_paths_that_are_files_are_errors_not_tracebacks(finished, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["eval", str(finished[0].run_dir), "--split", "dev", "--output", str(afile)]) == 2
+    assert "afile" in capsys.readouterr().err
+    assert main(["eval", str(finished[0].run_dir), "--manifest", "pipe:touch /tmp/never; cat x"]) == 2
+    assert "no such file" in capsys.readouterr().err and not Path("/tmp/never").exists()
