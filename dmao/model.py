@@ -14,7 +14,7 @@ from dmao.encoders.common import starting_block
 from dmao.features.cmvn import utterance_normalize
 from dmao.features.logmel import LogMelConfig, LogMelFeatures
 from dmao.features.specaugment import SpecAugment, SpecAugmentConfig
-from dmao.modules.common import GroupedModule, check_probability
+from dmao.modules.common import GroupedModule, check_probability, dropout
 from dmao.modules.frontend import FrontendConfig, VGGFrontend
 
 
@@ -86,7 +86,7 @@ class CTCModel(nn.Module):
         mask = torch.arange(feats.shape[1], device=feats.device) < feat_lens[:, None]  # [B, T]
         x, mask = self.frontend(feats, mask)  # [B, T', d], [B, T']
         x = self.encoder(x, mask)  # [B, T', d]
-        x = F.dropout(x, p=self.final_dropout, training=self.training)
+        x = dropout(x, self.final_dropout, self.training)
         return F.log_softmax(self.output(x), dim=-1), mask.sum(dim=1)  # [B, T', V], [B]
 
     @staticmethod

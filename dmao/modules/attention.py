@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmao.modules.common import GroupedModule, GroupedModuleConfig, check_positive, check_probability
+from dmao.modules.common import GroupedModule, GroupedModuleConfig, check_positive, check_probability, dropout
 from dmao.resizable import GroupAxis
 
 
@@ -67,4 +67,4 @@ class SelfAttention(GroupedModule):
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=keys[:, None, None, :], dropout_p=att_p)
         context = context.transpose(1, 2).reshape(batch, time, heads * head_dim)  # [B, T, N * D]
         y = self.out(self.apply_gates(context))  # [B, T, F]
-        return F.dropout(y, p=self.dropout_rate(self.base_dropout), training=self.training)
+        return dropout(y, self.dropout_rate(self.base_dropout), self.training)

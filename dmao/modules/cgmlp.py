@@ -14,6 +14,8 @@ from dmao.modules.common import (
     check_odd_kernel,
     check_positive,
     check_probability,
+    depthwise_over_time,
+    dropout,
     zero_padding,
 )
 from dmao.resizable import GroupAxis
@@ -70,6 +72,6 @@ class CgMLP(GroupedModule):
         p = self.dropout_rate(self.base_dropout)
         content, gate = F.gelu(self.linear_in(self.norm(x))).chunk(2, dim=-1)  # each [B, T, H/2]
         gate = zero_padding(self.gate_norm(gate), mask)  # [B, T, H/2]
-        gate = self.depthwise(gate.transpose(1, 2)).transpose(1, 2)  # [B, T, H/2]
-        h = F.dropout(self.apply_gates(content * gate), p=p, training=self.training)  # [B, T, H/2]
-        return F.dropout(self.linear_out(h), p=p, training=self.training)  # [B, T, F]
+        gate = depthwise_over_time(self.depthwise, gate)  # [B, T, H/2]
+        h = dropout(self.apply_gates(content * gate), p, self.training)  # [B, T, H/2]
+        return dropout(self.linear_out(h), p, self.training)  # [B, T, F]

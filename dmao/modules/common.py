@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dmao.modules.normalization import MaskedBatchNorm
@@ -39,6 +40,38 @@ def check_odd_kernel(cfg: object, name: str) -> None:
     value = getattr(cfg, name)
     if not isinstance(value, int) or value < 1 or value % 2 == 0:
         raise ValueError(f"{type(cfg).__name__}.{name} must be a positive odd integer, got {value!r}")
+
+
+_DROPOUT_LEVELS = 1 << 16
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout, as ``F.dropout``; elsewhere than on the CPU it is ``F.dropout`` (a fused kernel).
+
+    On the CPU each element's keep decision comes from 16 random bits, four per 64-bit draw of the global generator:
+    torch's ``bernoulli_`` draws one float per element and made dropout a tenth of a training step (fwd+bwd on
+    [8, 200, 1536]: 4.5 ms against 13.6 ms for ``F.dropout``, measured). ``p`` is rounded to a multiple of 1/65536
+    (0.1 -> 0.100006) and the kept values are scaled by 1 / (1 - that p), so the expectation is exact."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, training=True)
+    dropped = round(p * _DROPOUT_LEVELS)
+    numel = x.numel()
+    words = torch.empty((numel + 3) // 4, dtype=torch.int64).random_(-(2**63), None)  # every bit uniform
+    draws = words.view(torch.int16)[:numel].view(x.shape)  # uniform on [-32768, 32767]
+    keep = (draws >= dropped - _DROPOUT_LEVELS // 2).to(x.dtype).mul_(_DROPOUT_LEVELS / (_DROPOUT_LEVELS - dropped))
+    return x * keep
+
+
+def depthwise_over_time(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """A depthwise ``Conv1d`` over the time axis of ``x`` [B, T, C] -> [B, T, C]. Run as a 2-D convolution on the
+    view [B, C, T, 1], which is channels-last as [B, T, C] lies in memory: no transposed copy in or out, and
+    oneDNN's channels-last depthwise kernel (fwd+bwd 0.4x the time of ``conv1d`` on a transposed copy at
+    [8, 200, 384], kernel 31, CPU, measured)."""
+    weight = conv.weight.unsqueeze(-1)  # [C, 1, K, 1]
+    y = F.conv2d(x.transpose(1, 2).unsqueeze(-1), weight, conv.bias, padding=(conv.padding[0], 0), groups=conv.groups)
+    return y.squeeze(-1).transpose(1, 2)  # [B, T, C]
 
 
 def zero_padding(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

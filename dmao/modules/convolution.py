@@ -15,6 +15,8 @@ from dmao.modules.common import (
     check_odd_kernel,
     check_positive,
     check_probability,
+    depthwise_over_time,
+    dropout,
     zero_padding,
 )
 from dmao.modules.normalization import MaskedBatchNorm
@@ -87,7 +89,7 @@ class Convolution(GroupedModule):
 
     def grouped_forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = F.glu(self.pointwise_in(self.norm_in(x)), dim=-1)  # [B, T, C]
-        h = self.depthwise(zero_padding(h, mask).transpose(1, 2)).transpose(1, 2)  # [B, T, C]
+        h = depthwise_over_time(self.depthwise, zero_padding(h, mask))  # [B, T, C]
         h = self.norm(h, mask) if isinstance(self.norm, MaskedBatchNorm) else self.norm(h)  # [B, T, C]
         h = self.apply_gates(F.silu(h))  # [B, T, C]
-        return F.dropout(self.pointwise_out(h), p=self.dropout_rate(self.base_dropout), training=self.training)
+        return dropout(self.pointwise_out(h), self.dropout_rate(self.base_dropout), self.training)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmao.modules.common import GroupedModule, GroupedModuleConfig, check_positive, check_probability
+from dmao.modules.common import GroupedModule, GroupedModuleConfig, check_positive, check_probability, dropout
 from dmao.resizable import GroupAxis
 
 
@@ -52,5 +52,5 @@ class FeedForward(GroupedModule):
     def grouped_forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         p = self.dropout_rate(self.base_dropout)
         h = F.silu(self.linear_in(self.norm(x)))  # [B, T, H]
-        h = F.dropout(self.apply_gates(h), p=p, training=self.training)  # [B, T, H]
-        return F.dropout(self.linear_out(h), p=p, training=self.training)  # [B, T, F]
+        h = dropout(self.apply_gates(h), p, self.training)  # [B, T, H]
+        return dropout(self.linear_out(h), p, self.training)  # [B, T, F]

@@ -5,10 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from dmao.modules.common import check_odd_kernel, check_positive, check_probability, zero_padding
+from dmao.modules.common import (
+    check_odd_kernel,
+    check_positive,
+    check_probability,
+    depthwise_over_time,
+    dropout,
+    zero_padding,
+)
 
 
 @dataclass
@@ -41,5 +47,5 @@ class Merge(nn.Module):
         :return: [B, T, F]
         """
         both = zero_padding(torch.cat([attention, cgmlp], dim=-1), mask)  # [B, T, 2F]
-        mixed = self.depthwise(both.transpose(1, 2)).transpose(1, 2) + both  # [B, T, 2F]
-        return F.dropout(self.linear(mixed), p=self.dropout, training=self.training)  # [B, T, F]
+        mixed = depthwise_over_time(self.depthwise, both) + both  # [B, T, 2F]
+        return dropout(self.linear(mixed), self.dropout, self.training)  # [B, T, F]

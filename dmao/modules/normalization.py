@@ -36,16 +36,18 @@ class MaskedBatchNorm(nn.Module):
         """
         x32 = x.float()
         if self.training:
-            inside = mask.unsqueeze(-1).to(torch.float32)  # [B, T, 1]
-            count = inside.sum()
-            mean = (x32 * inside).sum(dim=(0, 1)) / count.clamp_min(1.0)  # [C]
-            var = ((x32 - mean).square() * inside).sum(dim=(0, 1)) / count.clamp_min(1.0)  # [C], biased
+            inside = mask.unsqueeze(-1)  # [B, T, 1]
+            count = mask.sum().to(torch.float32)
+            mean = torch.where(inside, x32, 0.0).sum(dim=(0, 1)) / count.clamp_min(1.0)  # [C]
+            centred = torch.where(inside, x32 - mean, 0.0)  # [B, T, C]
+            var = (centred * centred).sum(dim=(0, 1)) / count.clamp_min(1.0)  # [C], biased
             with torch.no_grad():
                 self.running_mean.lerp_(mean, self.momentum)
                 self.running_var.lerp_(var * count / (count - 1.0).clamp_min(1.0), self.momentum)
         else:
             mean, var = self.running_mean, self.running_var
-        y = (x32 - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias  # [B, T, C]
+        scale = self.weight * torch.rsqrt(var + self.eps)  # [C]
+        y = torch.addcmul(self.bias - mean * scale, x32, scale)  # [B, T, C]: (x - mean) * scale + bias, one pass
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -37,6 +37,36 @@ def test_an_utterance_alone_equals_it_padded_in_a_batch() -> None:
     torch.testing.assert_close(out[1:], frontend(long, torch.ones(1, 21, dtype=torch.bool))[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+@pytest.mark.parametrize("kernel_size", [3, 5])
+def test_padding_reaches_neither_inside_outputs_nor_gradients(activation: str, kernel_size: int) -> None:
+    """Against a reference that zeroes every padding frame before every convolution (the definition), in float64,
+    with huge values in the padding: the inside outputs and the weight gradients of a loss on them are the same."""
+    frontend = make(activation=activation, kernel_size=kernel_size).double().train()
+    torch.manual_seed(2)
+    lengths = torch.tensor([37, 29, 12, 4])
+    mask = torch.arange(37)[None, :] < lengths[:, None]
+    feats = torch.where(mask[:, :, None], torch.randn(4, 37, 16), 1e3 * torch.randn(4, 37, 16)).double()
+
+    def reference(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        act = torch.nn.functional.relu if activation == "relu" else torch.nn.functional.silu
+        x = x.unsqueeze(1)
+        for first, second in ((frontend.conv1, frontend.conv2), (frontend.conv3, frontend.conv4)):
+            x = first(torch.where(m[:, None, :, None], x, 0.0))
+            x = act(second(torch.where(m[:, None, :, None], x, 0.0)))
+            x = torch.nn.functional.max_pool2d(x, (2, 1), (2, 1))
+            m = torch.arange(x.shape[2])[None, :] < (m.sum(1) // 2)[:, None]
+        return frontend.linear(x.permute(0, 2, 3, 1).flatten(2))
+
+    out, out_mask = frontend(feats, mask)
+    expected = reference(feats, mask)
+    torch.testing.assert_close(out[out_mask], expected[out_mask], rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(out[out_mask].square().sum(), list(frontend.parameters()))
+    expected_grads = torch.autograd.grad(expected[out_mask].square().sum(), list(frontend.parameters()))
+    for grad, want in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, want, rtol=1e-10, atol=1e-10)
+
+
 def test_frequency_pooling_shrinks_the_linear_input() -> None:
     assert make().linear.in_features == 32 * 16
     cheap = make(freq_pooling=(2, 2), channels=(8, 8, 8, 4))
