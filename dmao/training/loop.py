@@ -46,7 +46,7 @@ from dmao.training.distributed import (
     shutdown,
 )
 from dmao.training.events import LossSpikeWatch, event_record
-from dmao.training.metrics import MetricsLog, Progress
+from dmao.training.metrics import MetricsLog, Progress, TrainingWindow
 from dmao.training.run_dir import RunDirError, RunLock, claim_run_dir, probe_writable
 from dmao.training.step import StepResult, build_optimization, train_step
 
@@ -489,11 +489,13 @@ class Trainer:
     def _train(self) -> None:
         cfg = self.cfg.train
         progress = Progress(cfg.steps, self.step, enabled=cfg.progress and self.dist.is_main)
-        window_loss, window_seconds, window_steps, window_start = 0.0, 0.0, 0, time.monotonic()
+        window = TrainingWindow()
         try:
             if self.engine is not None and self.engine.due(self.step):
                 self._reallocate(progress)  # resumed from the checkpoint written just before an event
+            window.restart()
             for batch in self._loader():
+                window.batch_arrived()
                 if self.step >= cfg.steps:
                     break
                 stop, empty = self._agree(not batch.cut_ids)
@@ -520,27 +522,23 @@ class Trainer:
                     self._record(result, recovery, progress)
                 if self.engine is not None and self.engine.due(self.step):
                     self._reallocate(progress)
-                window_loss += result.loss
-                window_seconds += batch.seconds
-                window_steps += 1
+                window.step_done(result.loss, batch)
                 lr = self.opt.scheduler.get_last_lr()[0]
                 progress.update(1, batch.seconds * self.dist.world_size, result.loss, lr)
                 if self.dist.is_main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
-                    elapsed = time.monotonic() - window_start
                     self.metrics.write(
                         "train",
                         self.step,
-                        loss=window_loss / window_steps,
+                        **window.record(),
                         lr=lr,
                         grad_norm=result.grad_norm,
-                        audio_seconds_per_second=window_seconds / elapsed,
                         epoch=self.sampler.epoch,
                         bad_steps_total=self.bad_steps_total,
                         fp16_overflows=self.fp16_overflows,
                     )
-                    window_loss, window_seconds, window_steps, window_start = 0.0, 0.0, 0, time.monotonic()
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save_checkpoint()
+                window.iteration_done()
             if self._agree(False)[0]:  # a signal during the last step: the run is done, but the user asked to stop
                 self._stop()
         finally:

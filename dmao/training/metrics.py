@@ -68,3 +68,43 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+class TrainingWindow:
+    """What the ``train`` records of metrics.jsonl average over the steps since the last record: the loss, audio
+    seconds per second, the share of wall time spent waiting for the next batch (data loading that does not keep up),
+    and the share of the batches' samples that are padding (what bucketing wastes)."""
+
+    def __init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        self.started = self._iteration_end = time.monotonic()
+        self.steps = 0
+        self.loss = self.audio_seconds = self.waiting = 0.0
+        self.samples = self.padded_samples = 0
+
+    def batch_arrived(self) -> None:
+        self.waiting += time.monotonic() - self._iteration_end
+
+    def iteration_done(self) -> None:
+        self._iteration_end = time.monotonic()
+
+    def step_done(self, loss: float, batch: Any) -> None:
+        self.steps += 1
+        self.loss += loss
+        self.audio_seconds += batch.seconds
+        self.samples += int(batch.audio_lens.sum())
+        self.padded_samples += batch.audio.numel()
+
+    def record(self) -> dict[str, float]:
+        """The averages, and a new window from now."""
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        values = {
+            "loss": self.loss / max(self.steps, 1),
+            "audio_seconds_per_second": self.audio_seconds / elapsed,
+            "data_wait_share": self.waiting / elapsed,
+            "padding_share": 1.0 - self.samples / max(self.padded_samples, 1),
+        }
+        self.restart()
+        return values

@@ -31,6 +31,8 @@ def test_smoke_run_trains_logs_and_scores(trained_run):
     train = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in train] == [4, 8, 12]
     assert all(np.isfinite(r["loss"]) and r["audio_seconds_per_second"] > 0 for r in train)
+    assert all(0 <= r["data_wait_share"] < 1 and 0 <= r["padding_share"] < 1 for r in train)
+    assert any(r["padding_share"] > 0 for r in train)  # bucketed batches of clips of different lengths
     assert train[-1]["loss"] < train[0]["loss"]  # it learns even in 12 steps
     assert any((run / "tensorboard").iterdir())
     assert [p.name for p in ckpt.list_checkpoints(run / "checkpoints")] == ["ckpt-00000006.pt", "ckpt-00000012.pt"]
