@@ -79,15 +79,26 @@ class CTCModel(nn.Module):
         :param audio_lens: [B] samples per utterance
         :return: (log_probs [B, T', V], out_lens [B]) with T' = frames // subsampling
         """
+        feats, mask = self.input_features(audio, audio_lens)  # [B, T, F], [B, T]
+        x, mask = self.encode(feats, mask)  # [B, T', d], [B, T']
+        return self.output_log_probs(x), mask.sum(dim=1)  # [B, T', V], [B]
+
+    def input_features(self, audio: torch.Tensor, audio_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-mel features, normalised, with SpecAugment in training: ([B, T, F], [B, T] mask)."""
         feats, feat_lens = self.features(audio, audio_lens)  # [B, T, F], [B]
         if self.feature_normalization == "utterance":
             feats = utterance_normalize(feats, feat_lens)  # [B, T, F]
         feats = self.specaug(feats, feat_lens)  # [B, T, F]
-        mask = torch.arange(feats.shape[1], device=feats.device) < feat_lens[:, None]  # [B, T]
+        return feats, torch.arange(feats.shape[1], device=feats.device) < feat_lens[:, None]  # [B, T, F], [B, T]
+
+    def encode(self, feats: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frontend and encoder: [B, T, F], [B, T] -> [B, T', d], [B, T']."""
         x, mask = self.frontend(feats, mask)  # [B, T', d], [B, T']
-        x = self.encoder(x, mask)  # [B, T', d]
-        x = dropout(x, self.final_dropout, self.training)
-        return F.log_softmax(self.output(x), dim=-1), mask.sum(dim=1)  # [B, T', V], [B]
+        return self.encoder(x, mask), mask  # [B, T', d], [B, T']
+
+    def output_log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """Dropout, output layer, log-softmax: [B, T', d] -> [B, T', V]."""
+        return F.log_softmax(self.output(dropout(x, self.final_dropout, self.training)), dim=-1)
 
     @staticmethod
     def ctc_loss(

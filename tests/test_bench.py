@@ -1,5 +1,6 @@
-"""The benchmarks: their last output line is the JSON summary, the ``on`` arm really drives the engine (and only
-it), the event is timed on the paper-shaped model. Speed is not asserted."""
+"""The benchmarks: their last output line is the JSON summary with its ``ratio``, the ``on`` arm really drives the
+engine (and only it), the event is timed on the paper-shaped model, i6-models is built at our sizes. Speed is not
+asserted."""
 
 from __future__ import annotations
 
@@ -117,7 +118,7 @@ def test_synthetic_batch_is_a_real_alignable_fixed_batch() -> None:
 
 def test_the_benchmark_times_the_training_loops_step(monkeypatch) -> None:
     """Every timed step goes through dmao.training.step.train_step, the function the training loop calls."""
-    import dmao.bench
+    import dmao.bench.overhead
     from dmao.training import step as step_module
 
     calls = []
@@ -126,7 +127,7 @@ def test_the_benchmark_times_the_training_loops_step(monkeypatch) -> None:
         calls.append(kwargs.get("engine", args[4] if len(args) > 4 else None) is not None)
         return step_module.train_step(*args, **kwargs)
 
-    monkeypatch.setattr(dmao.bench, "train_step", counting)
+    monkeypatch.setattr(dmao.bench.overhead, "train_step", counting)
     run_cfg = load_run_config("smoke", TINY_MODEL)
     cfg = OverheadBenchConfig(utterances=1, seconds=0.5, vocab_size=8, warmup_steps=1, block_steps=1, pairs=2,
                               engine_calls=1)  # fmt: skip
@@ -145,3 +146,44 @@ def test_event_ends_with_its_json_line(capsys: pytest.CaptureFixture[str]) -> No
     assert result["groups_dropped"] > 0 and result["groups_grown"] > 0
     # One event keeps the re-allocatable parameter count within one group (an FFN group at d=64: 2*64*64 + 64).
     assert abs(result["reallocatable_parameters_after"] - result["reallocatable_parameters_before"]) <= 2 * 64 * 64 + 64
+
+
+def test_synthetic_batches_have_the_padding_asked_for() -> None:
+    batch = synthetic_batch(8, 2.0, 5, 16000, torch.device("cpu"), padding=0.2)
+    assert 1 - float(batch.audio_lens.sum()) / batch.audio.numel() == pytest.approx(0.2, abs=0.01)
+    assert int(batch.audio_lens.max()) == 32000 and bool((batch.audio[1, int(batch.audio_lens[1]) :] == 0).all())
+    assert batch.token_lens.tolist() == [round(int(n) * 12 / 16000) for n in batch.audio_lens]
+
+
+def test_speed_vs_i6_compares_models_of_the_same_size(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("i6_models")
+    lines, result = run_cli(
+        ["bench", "speed-vs-i6", "--d-model", "64", "--num-layers", "2", "--utterances", "2", "--seconds", "1",
+         "--pairs", "2", "--warmup-steps", "1"], capsys)  # fmt: skip
+    assert result["benchmark"] == "speed-vs-i6" and math.isfinite(result["ratio"]) and result["ratio"] > 0
+    assert result["ours_parameters"] == result["i6_parameters"]  # the same architecture, the same size
+    assert len(result["pair_ratios"]) == 2 and result["padding_share"] == pytest.approx(0.1, abs=0.02)
+    assert any(line.startswith("speed ratio") for line in lines[:-1])
+
+
+def test_inference_times_a_really_reallocated_model(capsys: pytest.CaptureFixture[str]) -> None:
+    _, result = run_cli(
+        ["bench", "inference", "--config", "smoke", "--utterances", "2", "--seconds", "1", "--pairs", "2"], capsys
+    )
+    assert result["benchmark"] == "inference" and result["ratio"] > 0 and len(result["pair_ratios"]) == 2
+    layers = result["reallocated_layout"]
+    assert len({tuple(layer.values()) for layer in layers}) > 1 or set(layers[0].values()) != {4}
+    assert abs(result["reallocated_parameters"] - result["baseline_parameters"]) <= 2 * 64 * 64 * 4 + 64
+
+
+def test_throughput_trains_on_the_corpus_and_compares_with_compute_only(
+    corpus_cache, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, result = run_cli(
+        ["bench", "throughput", "--config", "smoke", f"data.cache_dir={corpus_cache}", "--steps", "4",
+         "--warmup-steps", "2"], capsys)  # fmt: skip
+    assert result["benchmark"] == "throughput" and result["timed_steps"] == 4
+    assert result["ratio"] == pytest.approx(
+        result["audio_seconds_per_second"] / result["compute_only_audio_seconds_per_second"]
+    )
+    assert 0 <= result["data_wait_share"] < 1 and 0 < result["padding_share"] < 0.5

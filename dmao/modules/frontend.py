@@ -138,6 +138,11 @@ class _ZeroHalo(torch.autograd.Function):
 def _zero_halo(x: torch.Tensor, lengths: torch.Tensor, halo: int) -> torch.Tensor:
     """``x`` with the ``halo`` frames after each sequence's end zeroed (in place). ``x``: [B, C, T, F], a fresh
     convolution or pooling output that feeds one convolution or activation; ``lengths``: [B]."""
+    if torch.compiler.is_compiling():  # the compiler fuses a where into its kernels; it does not honour in-place
+        # changes to a gradient inside a custom backward (measured: wrong weight gradients under aot_eager)
+        time = torch.arange(x.shape[2], device=x.device)  # [T]
+        halo_frames = (time >= lengths[:, None]) & (time < lengths[:, None] + halo)  # [B, T]
+        return torch.where(halo_frames[:, None, :, None], 0.0, x)
     frames = lengths[:, None] + torch.arange(halo, device=x.device)  # [B, halo]
     rows = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(frames)  # [B, halo]
     inside = frames < x.shape[2]

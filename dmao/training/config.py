@@ -33,6 +33,10 @@ class TrainConfig:
     """``auto``: bf16 autocast on an accelerator, fp32 on CPU."""
     threads: int = 0
     """CPU threads for torch (0: torch's default)."""
+    compile: bool = False
+    """Run the forward pass through ``torch.compile`` (dynamic shapes; compiled anew after every event)."""
+    compile_backend: str = "inductor"
+    """The ``torch.compile`` backend (``inductor``; ``aot_eager`` to check a model without code generation)."""
     peak_lr: float = 4e-4
     initial_lr_ratio: float = 0.1
     warmup_fraction: float = 0.45

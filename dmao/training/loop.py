@@ -295,13 +295,17 @@ class Trainer:
             log.info("layout:\n%s", self.model.layout().table())
 
     def _wrap(self, model: CTCModel) -> torch.nn.Module:
-        """What runs the forward pass: the model, or its DDP wrapper (rebuilt after every event)."""
-        if not self.dist.enabled:
-            return model
-        ids = [self.device.index] if self.device.type != "cpu" else None
-        # Learnable-score gates get no gradient on the steps where they are switched off.
-        gated = self.cfg.dmao.enabled and self.cfg.dmao.score.kind == "learnable"
-        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=gated)
+        """What runs the forward pass: the model, its DDP wrapper, compiled if configured. Rebuilt after every event:
+        DDP registered the old parameters, and compiled code was specialised to the old shapes."""
+        forward: torch.nn.Module = model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type != "cpu" else None
+            # Learnable-score gates get no gradient on the steps where they are switched off.
+            gated = self.cfg.dmao.enabled and self.cfg.dmao.score.kind == "learnable"
+            forward = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=gated)
+        if self.cfg.train.compile:
+            forward = torch.compile(forward, dynamic=True, backend=self.cfg.train.compile_backend)
+        return forward
 
     def _load_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])

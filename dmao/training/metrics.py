@@ -82,7 +82,7 @@ class TrainingWindow:
         self.started = self._iteration_end = time.monotonic()
         self.steps = 0
         self.loss = self.audio_seconds = self.waiting = 0.0
-        self.samples = self.padded_samples = 0
+        self.samples = self.padded_samples = self.utterances = 0
 
     def batch_arrived(self) -> None:
         self.waiting += time.monotonic() - self._iteration_end
@@ -96,6 +96,7 @@ class TrainingWindow:
         self.audio_seconds += batch.seconds
         self.samples += int(batch.audio_lens.sum())
         self.padded_samples += batch.audio.numel()
+        self.utterances += len(batch.cut_ids)
 
     def record(self) -> dict[str, float]:
         """The averages, and a new window from now."""
@@ -105,6 +106,8 @@ class TrainingWindow:
             "audio_seconds_per_second": self.audio_seconds / elapsed,
             "data_wait_share": self.waiting / elapsed,
             "padding_share": 1.0 - self.samples / max(self.padded_samples, 1),
+            "utterances_per_batch": self.utterances / max(self.steps, 1),
+            "seconds_per_batch": self.audio_seconds / max(self.steps, 1),
         }
         self.restart()
         return values

@@ -97,7 +97,7 @@ def train_step(
     device = batch.audio.device
     if engine is not None:
         engine.before_forward(step)
-    loss = token_loss(model, forward or model, batch, amp_dtype)
+    loss = token_loss(model, model if forward is None else forward, batch, amp_dtype)
     optimizer = opt.optimizer
     optimizer.zero_grad(set_to_none=True)
     if not all_ranks_agree(dist, bool(torch.isfinite(loss)), device):

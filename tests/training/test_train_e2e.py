@@ -272,3 +272,26 @@ def test_eval_over_nothing_is_an_error_and_skips_are_in_the_table(trained_run, t
     header, _, row = capsys.readouterr().out.splitlines()[:3]
     assert header.split()[:4] == ["split", "utts", "skipped", "words"]
     assert row.split()[:3] == ["half", str(len(cuts) - 3), "3"]
+
+
+@pytest.mark.slow  # tracing the model
+def test_an_event_under_compile_gives_the_eager_result(smoke_config):
+    """torch.compile (the aot_eager backend: tracing and autograd without code generation) through a run with an
+    event: the model is compiled anew after the event, and the run ends where the eager one does. Without dropout
+    and SpecAugment, whose random draws compiled code may order differently."""
+    overrides = (
+        "train.eval_splits=[]", "data.num_workers=0", "train.steps=8", "train.checkpoint_every=8",
+        "dmao.schedule.t_end=0.5", "model.encoder.dropout=0", "model.encoder.att_dropout=0", "model.final_dropout=0",
+        "model.specaug.num_time_masks=0", "model.specaug.num_freq_masks=0",
+    )  # fmt: skip
+    eager = run_training(smoke_config(*overrides))
+    eager_state = ckpt.load_checkpoint(eager.run_dir / "checkpoints")
+    import shutil
+
+    shutil.rmtree(eager.run_dir)
+    compiled = run_training(smoke_config(*overrides, "train.compile=true", "train.compile_backend=aot_eager"))
+    state = ckpt.load_checkpoint(compiled.run_dir / "checkpoints")
+    assert [r["step"] for r in state["realloc"]["reports"]] == [4]
+    assert state["layout"] == eager_state["layout"] != state["config"]["model"]  # re-allocated, identically
+    for name, tensor in eager_state["model"].items():
+        torch.testing.assert_close(state["model"][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
