@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -22,9 +23,10 @@ def _split_config_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
     return None, list(args)
 
 
-def _setup_logging() -> None:
+def _setup_logging(quiet: bool = False) -> None:
+    """Log to stderr; ``quiet`` (a rank other than 0) shows warnings and errors only."""
     logging.basicConfig(
-        level=logging.INFO,
+        level=logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         handlers=[logging.StreamHandler(sys.stderr)],
         force=True,
@@ -38,12 +40,24 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
     config, overrides = _split_config_args(ns.args)
     cfg = load_run_config(config, overrides)
-    _setup_logging()  # the trainer adds out_dir/train.log once the run directory is claimed
+    if cfg.train.processes > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch_local_ranks(cfg.train.processes, ns.args)
+    _setup_logging(quiet=os.environ.get("RANK", "0") != "0")  # the trainer adds out_dir/train.log later
     result = run_training(cfg)
     if result.evaluations:
         print(f"\nrun: {result.run_dir}  steps: {result.step}  wall time: {result.wall_seconds / 60:.1f} min")
         print(wer_table(result.evaluations))
     return 0
+
+
+def _launch_local_ranks(processes: int, args: Sequence[str]) -> int:
+    """``train.processes`` > 1: the same command as that many data-parallel ranks on this machine (torchrun's
+    launcher, standalone). On a CPU one rank per core with ``train.threads=1`` beats one process using all cores."""
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "-m", "dmao.cli", "train", *args]  # fmt: skip
+    return subprocess.run(command, check=False).returncode
 
 
 def cmd_data_synth(ns: argparse.Namespace) -> int:

@@ -128,10 +128,14 @@ class SpeedBenchConfig:
     pairs: int = 8
     amp: str = "off"
     """``off`` (fp32), ``bf16``, or ``auto`` (bf16 on an accelerator, fp32 on the CPU), for both models."""
+    compile: str = "none"
+    """Which forward passes run through ``torch.compile``: ``none``, ``ours`` or ``both``."""
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_positive(self, "d_model", "num_layers", "utterances", "seconds", "pairs")
+        if self.compile not in ("none", "ours", "both"):
+            raise ValueError(f"SpeedBenchConfig.compile must be none, ours or both, got {self.compile!r}")
 
     def model(self) -> ModelConfig:
         return ModelConfig(encoder=EncoderConfig(d_model=self.d_model, num_layers=self.num_layers, head_dim=64))
@@ -146,12 +150,20 @@ def run_speed(cfg: SpeedBenchConfig, device: torch.device) -> dict[str, Any]:
     for name, build in (("ours", CTCModel), ("i6", I6Conformer)):
         torch.manual_seed(cfg.seed)
         model = build(model_cfg, REFERENCE_VOCAB).to(device).train()
-        arms[name] = {"model": model, "opt": build_optimization(model, train, device, amp_dtype), "step": 0}
+        compiled = cfg.compile == "both" or (cfg.compile == "ours" and name == "ours")
+        forward = torch.compile(model, dynamic=True) if compiled else model
+        opt = build_optimization(model, train, device, amp_dtype)
+        arms[name] = {"model": model, "forward": forward, "opt": opt, "step": 0}
 
     def step(name: str) -> float:
         arm = arms[name]
         arm["step"] += 1
-        return timed(lambda: train_step(arm["model"], batch, arm["step"], arm["opt"], amp_dtype=amp_dtype), device)
+        return timed(
+            lambda: train_step(
+                arm["model"], batch, arm["step"], arm["opt"], amp_dtype=amp_dtype, forward=arm["forward"]
+            ),
+            device,
+        )
 
     memory = {}
     for name in arms:  # warm-up, and each model's peak memory on an accelerator
@@ -189,6 +201,7 @@ def cmd_bench_speed(ns: argparse.Namespace) -> int:
         warmup_steps=ns.warmup_steps,
         pairs=ns.pairs,
         amp=ns.amp,
+        compile=ns.compile,
     )
     result = run_speed(cfg, device)
     info = device_description(device)
@@ -196,7 +209,7 @@ def cmd_bench_speed(ns: argparse.Namespace) -> int:
     sizes = f"{result['ours_parameters']:,} vs {result['i6_parameters']:,} parameters"
     shape = f"batch {cfg.utterances} x {cfg.seconds:g} s ({100 * result['padding_share']:.0f} % padding)"
     print(f"training step, ours vs i6-models ConformerEncoderV1: d={cfg.d_model}, {cfg.num_layers} layers, {sizes}; "
-          f"{shape}; amp {result['amp']}; {describe(info)}")  # fmt: skip
+          f"{shape}; amp {result['amp']}; compiled: {cfg.compile}; {describe(info)}")  # fmt: skip
     print(f"step time: ours {result['ours_seconds_median']:.3f} s, i6 {result['i6_seconds_median']:.3f} s (medians)")
     print(f"speed ratio (i6 time / ours): {result['ratio']:.3f}, median of {cfg.pairs} interleaved pairs "
           f"({ratios[0]:.3f} ... {ratios[-1]:.3f})")  # fmt: skip
@@ -220,4 +233,7 @@ def add_speed_parser(actions: Any) -> None:
     speed.add_argument("--warmup-steps", type=int, default=2)
     speed.add_argument("--pairs", type=int, default=8, help="interleaved pairs of steps (default 8)")
     speed.add_argument("--amp", choices=["off", "bf16", "auto"], default="off", help="precision of both (default off)")
+    speed.add_argument(
+        "--compile", choices=["none", "ours", "both"], default="none", help="torch.compile (default none)"
+    )
     speed.set_defaults(func=cmd_bench_speed)

@@ -33,6 +33,9 @@ class TrainConfig:
     """``auto``: bf16 autocast on an accelerator, fp32 on CPU."""
     threads: int = 0
     """CPU threads for torch (0: torch's default)."""
+    processes: int = 1
+    """Data-parallel ranks that ``dmao train`` starts on this machine (through torchrun's launcher); each takes
+    ``data.max_duration`` of audio per step. Under an outer torchrun this is ignored."""
     compile: bool = False
     """Run the forward pass through ``torch.compile`` (dynamic shapes; compiled anew after every event)."""
     compile_backend: str = "inductor"
@@ -58,6 +61,8 @@ class TrainConfig:
         for name in ("steps", "log_every", "checkpoint_every", "max_bad_steps", "keep_last"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.processes < 1:
+            raise ValueError(f"processes must be >= 1, got {self.processes}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0 (0: torch's default), got {self.threads}")
         if not 0 <= self.seed < 2**32:

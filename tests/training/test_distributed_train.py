@@ -1,4 +1,5 @@
-"""Two CPU processes under torchrun (Gloo): the trainer keeps both replicas identical through a re-allocation."""
+"""Two CPU processes under torchrun (Gloo), started by ``dmao train train.processes=2``: the trainer keeps both replicas
+identical through a re-allocation."""
 
 import json
 import os
@@ -19,10 +20,6 @@ def test_two_rank_training_through_an_event(corpus_cache, tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
         "dmao.cli",
         "train",
         "smoke",
@@ -30,6 +27,7 @@ def test_two_rank_training_through_an_event(corpus_cache, tmp_path):
         f"data.cache_dir={corpus_cache}",
         "train.eval_splits=[]",
         "train.threads=1",
+        "train.processes=2",
         "data.max_duration=15",
         "data.max_utterance_seconds=10",
     ]
