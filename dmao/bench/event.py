@@ -130,6 +130,8 @@ def report_event(result: EventResult, cfg: EventBenchConfig, info: dict[str, Any
     )
     summary = {
         "benchmark": "event",
+        "ratio": median / result.step_seconds,  # the event in training steps (the one, cold step that filled it)
+        "step_seconds": result.step_seconds,
         "seconds": median,
         "seconds_min": fastest,
         "all_seconds": result.seconds,
