@@ -159,11 +159,16 @@ def test_speed_vs_i6_compares_models_of_the_same_size(capsys: pytest.CaptureFixt
     pytest.importorskip("i6_models")
     lines, result = run_cli(
         ["bench", "speed-vs-i6", "--d-model", "64", "--num-layers", "2", "--utterances", "2", "--seconds", "1",
-         "--pairs", "2", "--warmup-steps", "1"], capsys)  # fmt: skip
+         "--pairs", "2", "--warmup-steps", "1", "--profile", "1"], capsys)  # fmt: skip
     assert result["benchmark"] == "speed-vs-i6" and math.isfinite(result["ratio"]) and result["ratio"] > 0
     assert result["ours_parameters"] == result["i6_parameters"]  # the same architecture, the same size
     assert len(result["pair_ratios"]) == 2 and result["padding_share"] == pytest.approx(0.1, abs=0.02)
     assert any(line.startswith("speed ratio") for line in lines[:-1])
+    for name in ("ours", "i6"):  # the profile: each model's operators, most self time first
+        top = [row["ms_per_step"] for row in result[f"{name}_profile_top"]]
+        assert len(top) == 12 and top == sorted(top, reverse=True) and top[0] > 0
+        assert all(row["calls_per_step"] >= 1 for row in result[f"{name}_profile_top"])
+        assert any(row["op"].startswith("aten::") for row in result[f"{name}_profile_top"])
 
 
 def test_inference_times_a_really_reallocated_model(capsys: pytest.CaptureFixture[str]) -> None:

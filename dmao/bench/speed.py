@@ -12,7 +12,9 @@ i6-models is an optional dependency: ``pip install 'dmao[bench]'``.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +33,7 @@ from dmao.bench.common import (
     synthetic_batch,
     timed,
 )
-from dmao.device import amp_dtype_for, resolve_device
+from dmao.device import amp_dtype_for, resolve_device, synchronize
 from dmao.encoders.common import EncoderConfig
 from dmao.model import CTCModel, ModelConfig
 from dmao.training.config import TrainConfig
@@ -130,10 +132,15 @@ class SpeedBenchConfig:
     """``off`` (fp32), ``bf16``, or ``auto`` (bf16 on an accelerator, fp32 on the CPU), for both models."""
     compile: str = "none"
     """Which forward passes run through ``torch.compile``: ``none``, ``ours`` or ``both``."""
+    profile_steps: int = 0
+    """After the timed pairs, this many more steps of each model run under ``torch.profiler``; the result then
+    holds each model's operators with the most self time (0: no profile)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_positive(self, "d_model", "num_layers", "utterances", "seconds", "pairs")
+        if self.profile_steps < 0:
+            raise ValueError(f"SpeedBenchConfig.profile_steps must be >= 0, got {self.profile_steps}")
         if self.compile not in ("none", "ours", "both"):
             raise ValueError(f"SpeedBenchConfig.compile must be none, ours or both, got {self.compile!r}")
 
@@ -173,6 +180,7 @@ def run_speed(cfg: SpeedBenchConfig, device: torch.device) -> dict[str, Any]:
         memory[name] = peak_memory(device)
     pairs = interleaved(lambda: step("ours"), lambda: step("i6"), cfg.pairs)
     ratios = [theirs / ours for ours, theirs in pairs]
+    profiles = {name: profile_top(functools.partial(step, name), cfg.profile_steps, device) for name in arms}
     return {
         "ratio": statistics.median(ratios),
         "pair_ratios": ratios,
@@ -186,7 +194,32 @@ def run_speed(cfg: SpeedBenchConfig, device: torch.device) -> dict[str, Any]:
         "audio_seconds_per_batch": float(batch.seconds),
         "padding_share": 1.0 - float(batch.audio_lens.sum()) / batch.audio.numel(),
         "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype is not None else "off",
+        **({f"{name}_profile_top": top for name, top in profiles.items()} if cfg.profile_steps else {}),
     }
+
+
+PROFILE_ROWS = 12
+
+
+def profile_top(run: Callable[[], object], steps: int, device: torch.device) -> list[dict[str, Any]]:
+    """The operators with the most self time over ``steps`` runs of ``run`` under ``torch.profiler`` (CPU time on
+    the CPU, device time on an accelerator), per step, in milliseconds."""
+    if steps == 0:
+        return []
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    accelerator = None if device.type == "cpu" else getattr(torch.profiler.ProfilerActivity, device.type.upper(), None)
+    if accelerator is not None:
+        activities.append(accelerator)
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            run()
+        synchronize(device)
+    key = "self_device_time_total" if accelerator is not None else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:PROFILE_ROWS]
+    return [
+        {"op": e.key, "ms_per_step": getattr(e, key) / 1000.0 / steps, "calls_per_step": e.count / steps}
+        for e in events
+    ]
 
 
 def cmd_bench_speed(ns: argparse.Namespace) -> int:
@@ -202,6 +235,7 @@ def cmd_bench_speed(ns: argparse.Namespace) -> int:
         pairs=ns.pairs,
         amp=ns.amp,
         compile=ns.compile,
+        profile_steps=ns.profile,
     )
     result = run_speed(cfg, device)
     info = device_description(device)
@@ -213,6 +247,11 @@ def cmd_bench_speed(ns: argparse.Namespace) -> int:
     print(f"step time: ours {result['ours_seconds_median']:.3f} s, i6 {result['i6_seconds_median']:.3f} s (medians)")
     print(f"speed ratio (i6 time / ours): {result['ratio']:.3f}, median of {cfg.pairs} interleaved pairs "
           f"({ratios[0]:.3f} ... {ratios[-1]:.3f})")  # fmt: skip
+    for name in ("ours", "i6"):
+        for row in result.get(f"{name}_profile_top", []):
+            print(
+                f"profile {name:4s} {row['ms_per_step']:9.1f} ms/step {row['calls_per_step']:7.0f} calls  {row['op']}"
+            )
     print_json({"benchmark": "speed-vs-i6", **result, **vars(cfg), **info})
     return 0
 
@@ -235,5 +274,12 @@ def add_speed_parser(actions: Any) -> None:
     speed.add_argument("--amp", choices=["off", "bf16", "auto"], default="off", help="precision of both (default off)")
     speed.add_argument(
         "--compile", choices=["none", "ours", "both"], default="none", help="torch.compile (default none)"
+    )
+    speed.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="profile this many more steps of each model and report the operators with the most self time",
     )
     speed.set_defaults(func=cmd_bench_speed)
