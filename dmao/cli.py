@@ -34,14 +34,20 @@ def _setup_logging(quiet: bool = False) -> None:
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
+    from dmao.config import ConfigError
     from dmao.decoding.evaluate import wer_table
+    from dmao.device import check_local_ranks, resolve_device
     from dmao.training.config import load_run_config
     from dmao.training.loop import run_training
 
     config, overrides = _split_config_args(ns.args)
     cfg = load_run_config(config, overrides)
     if cfg.train.processes > 1 and "WORLD_SIZE" not in os.environ:
-        return _launch_local_ranks(cfg.train.processes, ns.args)
+        try:
+            check_local_ranks(cfg.train.processes, resolve_device(cfg.train.device))
+        except ValueError as err:
+            raise ConfigError(f"train.processes: {err}; set train.processes=1 (or fewer)") from None
+        return _launch_local_ranks(cfg.train.processes, cfg.train.threads, ns.args)
     _setup_logging(quiet=os.environ.get("RANK", "0") != "0")  # the trainer adds out_dir/train.log later
     result = run_training(cfg)
     if result.evaluations:
@@ -50,14 +56,16 @@ def cmd_train(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _launch_local_ranks(processes: int, args: Sequence[str]) -> int:
+def _launch_local_ranks(processes: int, threads: int, args: Sequence[str]) -> int:
     """``train.processes`` > 1: the same command as that many data-parallel ranks on this machine (torchrun's
     launcher, standalone). On a CPU one rank per core with ``train.threads=1`` beats one process using all cores."""
     import subprocess
 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                "-m", "dmao.cli", "train", *args]  # fmt: skip
-    return subprocess.run(command, check=False).returncode
+    # torchrun gives each rank one OpenMP thread unless told (and prints a banner saying so): tell it train.threads.
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads or 1))}
+    return subprocess.run(command, check=False, env=env).returncode
 
 
 def cmd_data_synth(ns: argparse.Namespace) -> int:

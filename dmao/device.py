@@ -38,6 +38,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def check_local_ranks(processes: int, device: torch.device) -> None:
+    """Refuse more local ranks than ``device``'s machine has accelerators (each rank takes its own); CPU ranks share
+    the cores, so any number is allowed there."""
+    if device.type != "cpu" and processes > torch.accelerator.device_count():
+        raise ValueError(
+            f"{processes} ranks on this machine, but it has {torch.accelerator.device_count()} {device.type} "
+            f"device(s): one rank per device at most"
+        )
+
+
 def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of a ``train.amp`` setting on ``device`` (``None``: full precision). ``auto`` is bf16 on an
     accelerator and fp32 on the CPU."""

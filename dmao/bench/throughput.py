@@ -1,7 +1,8 @@
 """``dmao bench throughput``: end-to-end training speed on the configured corpus (the embedded one by default), data
 loading, features, checkpoint-free bookkeeping and all, against the compute-only speed of the same model on a
 synthetic batch of the same shape in the same run. ``ratio`` = end-to-end / compute-only audio seconds per second
-(1: data loading and the loop cost nothing); the share of wall time spent waiting for data is reported beside it."""
+(1: data loading and the loop cost nothing); the share of wall time spent waiting for data is reported beside it.
+One process is timed: with ``train.processes`` > 1 each rank runs like it, plus the gradient all-reduce."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def run_throughput(config: str, overrides: list[str], steps: int, warmup_steps: 
     with tempfile.TemporaryDirectory(prefix="dmao-throughput-") as tmp:
         timing = [f"out_dir={Path(tmp) / 'run'}", "resume=false", f"train.steps={warmup_steps + steps}",
                   "train.log_every=1", f"train.checkpoint_every={10**9}", "train.eval_splits=[]",
-                  "train.progress=false"]  # fmt: skip
+                  "train.progress=false", "train.processes=1"]  # fmt: skip
         cfg = load_run_config(config, [*overrides, *timing])  # the final checkpoint only, no evaluation
         result = run_training(cfg)
         records = [r for r in read_metrics(result.run_dir) if r["kind"] == "train" and r["step"] > warmup_steps]
@@ -60,6 +61,8 @@ def cmd_bench_throughput(ns: argparse.Namespace) -> int:
     result = run_throughput(ns.config, ns.overrides, ns.steps, ns.warmup_steps)
     info = device_description(resolve_device(cfg.train.device))
     where = f"corpus {cfg.data.corpus!r} ({describe(info)}), {result['timed_steps']} steps after {ns.warmup_steps}"
+    if cfg.train.processes > 1:
+        print(f"one process timed; the config's train.processes={cfg.train.processes} ranks each run like it")
     shares = f"waiting for data {100 * result['data_wait_share']:.1f} %, padding {100 * result['padding_share']:.1f} %"
     print(f"end-to-end training on {where} warm-up: {result['audio_seconds_per_second']:.1f} audio-s/s; {shares}")
     print(f"compute only, same model on a batch of that shape: {result['compute_only_audio_seconds_per_second']:.1f} "

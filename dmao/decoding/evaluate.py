@@ -30,7 +30,9 @@ class Transcript:
 
 def ordered_batches(cuts: CutSet, max_duration: float) -> Iterator[CutSet]:
     """Every cut exactly once, longest first (little padding), in batches of at most ``max_duration`` seconds."""
-    yield from SimpleCutSampler(cuts.sort_by_duration(ascending=False), max_duration=max_duration)
+    # One process scores every cut: lhotse samplers would otherwise shard by rank whenever a process group exists.
+    sampler = SimpleCutSampler(cuts.sort_by_duration(ascending=False), max_duration=max_duration, world_size=1, rank=0)
+    yield from sampler
 
 
 @torch.no_grad()

@@ -1,5 +1,5 @@
 """Two CPU processes under torchrun (Gloo), started by ``dmao train train.processes=2``: the trainer keeps both replicas
-identical through a re-allocation."""
+identical through a re-allocation, and rank 0 evaluates the whole of each split."""
 
 import json
 import os
@@ -9,7 +9,9 @@ import sys
 import pytest
 import torch.distributed as dist
 
+from dmao.data.corpus import load_splits
 from dmao.training import checkpoint as ckpt
+from dmao.training.config import load_run_config
 
 
 @pytest.mark.slow
@@ -25,7 +27,7 @@ def test_two_rank_training_through_an_event(corpus_cache, tmp_path):
         "smoke",
         f"out_dir={out}",
         f"data.cache_dir={corpus_cache}",
-        "train.eval_splits=[]",
+        "train.eval_splits=[dev]",
         "train.threads=1",
         "train.processes=2",
         "data.max_duration=15",
@@ -40,3 +42,8 @@ def test_two_rank_training_through_an_event(corpus_cache, tmp_path):
     state = ckpt.load_checkpoint(out / "checkpoints")
     assert state["step"] == 12 and len(state["rng"]) == 2  # one RNG state per rank, for an exact resume
     assert state["layout"] == events[0]["layout_after"]
+    # lhotse's samplers shard by rank whenever a process group exists: the evaluation must not (it scored half).
+    cfg = load_run_config(str(out / "config.yaml"))
+    dev = load_splits(cfg.data, cfg.model.features.sample_rate)["dev"]
+    (evaluation,) = [r for r in records if r["kind"] == "eval"]
+    assert evaluation["utterances"] == len(dev) > 1 and evaluation["skipped"] == 0
