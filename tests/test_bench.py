@@ -17,9 +17,12 @@ from dmao.bench import (
     run_overhead,
     synthetic_batch,
 )
+from dmao.bench.common import forward_flops
 from dmao.data.batches import AudioBatch
 from dmao.realloc import ScoreConfig
+from dmao.training import checkpoint as ckpt
 from dmao.training.config import load_run_config
+from dmao.training.loop import run_training
 
 TINY_MODEL = [
     "model.encoder.num_layers=2",
@@ -179,6 +182,26 @@ def test_inference_times_a_really_reallocated_model(capsys: pytest.CaptureFixtur
     layers = result["reallocated_layout"]
     assert len({tuple(layer.values()) for layer in layers}) > 1 or set(layers[0].values()) != {4}
     assert abs(result["reallocated_parameters"] - result["baseline_parameters"]) <= 2 * 64 * 64 * 4 + 64
+
+
+def test_flops_include_the_cpu_attention_kernel() -> None:
+    """Torch's counter does not know the CPU's fused attention kernel; without it a grown head would look free."""
+    q = torch.randn(2, 3, 50, 8)  # [B, H, T, D]
+    mask = torch.ones(2, 1, 50, 50, dtype=torch.bool)
+    attention = torch.nn.functional.scaled_dot_product_attention
+    assert forward_flops(lambda: attention(q, q, q, attn_mask=mask)) == 2 * (2 * 2 * 3 * 50 * 50 * 8)  # QK^T, AV
+    assert forward_flops(lambda: q @ q.transpose(-1, -2)) == 2 * 2 * 3 * 50 * 50 * 8
+
+
+def test_inference_times_the_final_layout_of_a_trained_run(smoke_config, capsys: pytest.CaptureFixture[str]) -> None:
+    run = run_training(smoke_config("train.eval_splits=[]"))
+    trained = ckpt.load_checkpoint(run.run_dir)["layout"]
+    cfg = ["bench", "inference", "--config", "smoke", "--utterances", "2", "--seconds", "1", "--pairs", "2"]
+    _, result = run_cli([*cfg, "--layout-from", str(run.run_dir)], capsys)
+    assert result["reallocated_layout"] == trained["layers"] and result["layout_from"] == str(run.run_dir)
+    assert trained["layers"] != [{name: 4 for name in trained["layers"][0]}] * len(trained["layers"])  # re-allocated
+    assert result["baseline_flops"] != result["reallocated_flops"]  # the arithmetic follows the layout
+    assert result["compute_ratio"] == result["baseline_flops"] / result["reallocated_flops"]
 
 
 def test_throughput_trains_on_the_corpus_and_compares_with_compute_only(

@@ -131,6 +131,21 @@ def interleaved(first: Callable[[], float], second: Callable[[], float], pairs: 
     return results
 
 
+def forward_flops(run: Callable[[], object]) -> int:
+    """Floating-point operations of ``run()`` as torch's FLOP counter sees them (matrix products, convolutions,
+    attention; the CPU's fused attention kernel, which the counter does not know, is counted as attention)."""
+    from torch.utils import flop_counter
+
+    def cpu_attention(query, key, value, *args, out_shape=None, **kwargs) -> int:  # shapes, not tensors
+        return flop_counter.sdpa_flop_count(query, key, value)
+
+    cpu_kernel = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    custom = {cpu_kernel: cpu_attention} if cpu_kernel is not None else {}
+    with flop_counter.FlopCounterMode(display=False, custom_mapping=custom) as counter:
+        run()
+    return int(counter.get_total_flops())
+
+
 def peak_memory(device: torch.device) -> dict[str, Any]:
     """The peak memory so far: allocated on an accelerator (then reset), the process's peak RSS on the CPU."""
     backend = getattr(torch, device.type, None)

@@ -1,11 +1,15 @@
 """``dmao bench inference``: decoding speed of a re-allocated (heterogeneous) model against the same-size uniform
 baseline, in eval mode without gradients, on the same batch, interleaved. The re-allocated layout comes from a real
-event (Taylor scores of one training step, the configured delta). ``ratio`` = baseline time / re-allocated time
-(goal >= 0.95: re-allocation must not make the model slower to use)."""
+event (Taylor scores of one training step, the configured delta) or, with ``--layout-from``, from a trained run's
+checkpoint. ``ratio`` = baseline time / re-allocated time (goal >= 0.95: re-allocation must not make the model slower
+to use). Equal parameters are not equal arithmetic: a grown attention head costs T^2 work that its weights do not
+show, so ``compute_ratio`` (baseline FLOPs / re-allocated FLOPs, counted on the batch) is what the layout alone
+predicts, and ``ratio / compute_ratio`` what the implementation adds (1: nothing)."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 from typing import Any
 
@@ -15,6 +19,7 @@ from dmao.bench.common import (
     REFERENCE_VOCAB,
     describe,
     device_description,
+    forward_flops,
     interleaved,
     peak_memory,
     print_json,
@@ -24,8 +29,10 @@ from dmao.bench.common import (
 )
 from dmao.decoding.greedy import greedy_decode
 from dmao.device import amp_dtype_for, autocast_context, resolve_device
+from dmao.encoders import Layout
 from dmao.model import CTCModel
 from dmao.realloc import Reallocator, ReallocConfig, ScheduleConfig, ScoreConfig
+from dmao.training.checkpoint import open_checkpoint
 from dmao.training.config import RunConfig, load_run_config
 from dmao.training.step import build_optimization, train_step
 
@@ -45,21 +52,33 @@ def reallocated_model(cfg: RunConfig, device: torch.device, seed: int = 0) -> CT
     return model.eval()
 
 
-def run_inference(cfg: RunConfig, device: torch.device, utterances: int, seconds: float, pairs: int) -> dict[str, Any]:
+def model_with_layout_of(cfg: RunConfig, checkpoint: str, device: torch.device) -> CTCModel:
+    """The configured model built at the final layout of a run (or checkpoint file); weights are random, which does
+    not change the speed."""
+    _, state = open_checkpoint(checkpoint)
+    torch.manual_seed(0)
+    return CTCModel(cfg.model, REFERENCE_VOCAB, layout=Layout.from_dict(state["layout"])).to(device).eval()
+
+
+def run_inference(
+    cfg: RunConfig, device: torch.device, utterances: int, seconds: float, pairs: int, layout_from: str | None = None
+) -> dict[str, Any]:
     amp_dtype = amp_dtype_for(cfg.train.amp, device)
     torch.manual_seed(0)
     baseline = CTCModel(cfg.model, REFERENCE_VOCAB).to(device).eval()
-    models = {"baseline": baseline, "reallocated": reallocated_model(cfg, device)}
+    reallocated = model_with_layout_of(cfg, layout_from, device) if layout_from else reallocated_model(cfg, device)
+    models = {"baseline": baseline, "reallocated": reallocated}
     batch = synthetic_batch(utterances, seconds, REFERENCE_VOCAB, baseline.sample_rate, device, padding=0.1)
 
-    @torch.no_grad()
-    def decode(name: str) -> float:
-        def run() -> None:
-            with autocast_context(device, amp_dtype):
-                log_probs, lens = models[name](batch.audio, batch.audio_lens)
-            greedy_decode(log_probs.float(), lens)
+    def run(name: str) -> None:
+        with torch.no_grad(), autocast_context(device, amp_dtype):
+            log_probs, lens = models[name](batch.audio, batch.audio_lens)
+        greedy_decode(log_probs.float(), lens)
 
-        return timed(run, device)
+    def decode(name: str) -> float:
+        return timed(functools.partial(run, name), device)
+
+    flops = {name: forward_flops(functools.partial(run, name)) for name in models}
 
     memory = {}
     for name in models:
@@ -69,8 +88,14 @@ def run_inference(cfg: RunConfig, device: torch.device, utterances: int, seconds
     results = interleaved(lambda: decode("baseline"), lambda: decode("reallocated"), pairs)
     ratios = [base / realloc for base, realloc in results]
     layout = models["reallocated"].layout()
+    compute_ratio = flops["baseline"] / flops["reallocated"]
     return {
         "ratio": statistics.median(ratios),
+        "compute_ratio": compute_ratio,
+        "ratio_over_compute_ratio": statistics.median(ratios) / compute_ratio,
+        "baseline_flops": flops["baseline"],
+        "reallocated_flops": flops["reallocated"],
+        "layout_from": layout_from or "one event on one training step",
         "pair_ratios": ratios,
         "baseline_seconds_median": statistics.median(r[0] for r in results),
         "reallocated_seconds_median": statistics.median(r[1] for r in results),
@@ -87,7 +112,7 @@ def cmd_bench_inference(ns: argparse.Namespace) -> int:
     cfg = load_run_config(ns.config, ns.overrides)
     set_threads(ns.threads if ns.threads is not None else cfg.train.threads)
     device = resolve_device(ns.device or cfg.train.device)
-    result = run_inference(cfg, device, ns.utterances, ns.seconds, ns.pairs)
+    result = run_inference(cfg, device, ns.utterances, ns.seconds, ns.pairs, ns.layout_from)
     info = device_description(device)
     ratios = sorted(result["pair_ratios"])
     sizes = f"{result['reallocated_parameters']:,} vs {result['baseline_parameters']:,} parameters"
@@ -96,6 +121,9 @@ def cmd_bench_inference(ns: argparse.Namespace) -> int:
     print(f"decode time: baseline {result['baseline_seconds_median']:.3f} s, re-allocated "
           f"{result['reallocated_seconds_median']:.3f} s; ratio {result['ratio']:.3f} ({ratios[0]:.3f} ... "
           f"{ratios[-1]:.3f}, {ns.pairs} pairs); goal >= 0.95")  # fmt: skip
+    print(f"arithmetic: re-allocated {result['reallocated_flops'] / 1e9:.2f} GFLOP vs baseline "
+          f"{result['baseline_flops'] / 1e9:.2f}: the layout alone predicts {result['compute_ratio']:.3f}; measured / "
+          f"predicted {result['ratio_over_compute_ratio']:.3f} (layout: {result['layout_from']})")  # fmt: skip
     print_json({"benchmark": "inference", **result, "config": ns.config, "overrides": ns.overrides, **info})
     return 0
 
@@ -112,4 +140,7 @@ def add_inference_parser(actions: Any) -> None:
     inference.add_argument("--utterances", type=int, default=8)
     inference.add_argument("--seconds", type=float, default=8.0)
     inference.add_argument("--pairs", type=int, default=10)
+    inference.add_argument(
+        "--layout-from", metavar="RUN_DIR", help="time the final layout of this run (or checkpoint) instead"
+    )
     inference.set_defaults(func=cmd_bench_inference)
