@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import gc
 import statistics
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +21,9 @@ from dmao.bench.common import (
     print_json,
     set_threads,
     synthetic_batch,
+    timed,
 )
-from dmao.device import resolve_device, synchronize
+from dmao.device import resolve_device
 from dmao.encoders.common import EncoderConfig
 from dmao.model import CTCModel, ModelConfig
 from dmao.realloc import EventReport, GrowConfig, Reallocator, ReallocConfig, ScheduleConfig, ScoreConfig
@@ -90,10 +91,7 @@ def run_event(cfg: EventBenchConfig, device: torch.device) -> EventResult:
     optimizer = opt.optimizer
     engine = Reallocator(model.resizable_modules(), cfg.realloc(), total_steps=1, seed=cfg.seed)
     batch = synthetic_batch(cfg.utterances, cfg.seconds, cfg.vocab_size, model.sample_rate, device, cfg.seed)
-    started = time.perf_counter()
-    train_step(model, batch, 1, opt, engine)
-    synchronize(device)
-    step_seconds = time.perf_counter() - started
+    step_seconds = timed(lambda: train_step(model, batch, 1, opt, engine), device)
     engine_state = engine.state_dict()
     parameters = sum(p.numel() for p in model.parameters())
     seconds, reports = [], []
@@ -103,11 +101,8 @@ def run_event(cfg: EventBenchConfig, device: torch.device) -> EventResult:
         fresh_engine = Reallocator(fresh_model.resizable_modules(), cfg.realloc(), total_steps=1, seed=cfg.seed)
         fresh_engine.load_state_dict(engine_state)
         gc.collect()
-        synchronize(device)
-        started = time.perf_counter()
-        reports.append(fresh_engine.reallocate(1, fresh_optimizer))
-        synchronize(device)
-        seconds.append(time.perf_counter() - started)
+        seconds.append(timed(functools.partial(fresh_engine.reallocate, 1, fresh_optimizer), device))
+        reports.append(fresh_engine.reports[-1])
         del fresh_model, fresh_optimizer, fresh_engine
     return EventResult(seconds=seconds, report=reports[0], parameters=parameters, step_seconds=step_seconds)
 

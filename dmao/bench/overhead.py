@@ -6,8 +6,8 @@ result is the throughput ratio on/off (= step time off / step time on)."""
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,11 +19,13 @@ from dmao.bench.common import (
     check_positive,
     describe,
     device_description,
+    interleaved,
     print_json,
     set_threads,
     synthetic_batch,
+    timed,
 )
-from dmao.device import amp_dtype_for, resolve_device, synchronize
+from dmao.device import amp_dtype_for, resolve_device
 from dmao.model import CTCModel
 from dmao.realloc import Reallocator, ReallocConfig, ScoreConfig
 from dmao.training.config import RunConfig, load_run_config
@@ -102,34 +104,30 @@ def run_overhead(run_cfg: RunConfig, cfg: OverheadBenchConfig, device: torch.dev
     batch = synthetic_batch(cfg.utterances, cfg.seconds, cfg.vocab_size, model.sample_rate, device, cfg.seed)
     step = 0
 
-    def timed(use_engine: bool) -> float:
+    def train_once(use_engine: bool) -> float:
         nonlocal step
         step += 1
-        started = time.perf_counter()
-        train_step(model, batch, step, opt, engine if use_engine else None, amp_dtype)
-        synchronize(device)  # the training loop syncs every step too (it logs the loss)
-        return time.perf_counter() - started
+        # synchronised like the training loop, which reads the loss every step
+        return timed(lambda: train_step(model, batch, step, opt, engine if use_engine else None, amp_dtype), device)
+
+    off_seconds: list[float] = []
+    on_seconds: list[float] = []
+
+    def block(use_engine: bool) -> float:
+        times = [train_once(use_engine) for _ in range(cfg.block_steps)]
+        (on_seconds if use_engine else off_seconds).extend(times)
+        return sum(times)
 
     for _ in range(cfg.warmup_steps):
-        timed(True)
-    off_seconds, on_seconds, pair_ratios = [], [], []
-    for pair in range(cfg.pairs):
-        pair_times = {}
-        for use_engine in (False, True) if pair % 2 == 0 else (True, False):
-            times = [timed(use_engine) for _ in range(cfg.block_steps)]
-            (on_seconds if use_engine else off_seconds).extend(times)
-            pair_times[use_engine] = sum(times)
-        pair_ratios.append(pair_times[False] / pair_times[True])
+        train_once(True)
+    pairs = interleaved(lambda: block(False), lambda: block(True), cfg.pairs)  # off, on, on, off, ...
+    pair_ratios = [off / on for off, on in pairs]
     measurements = engine.scores.measurements
     engine_seconds = []
     interval = cfg.score.interval
     for _ in range(cfg.engine_calls):  # the last step's gradients are still there: only the engine runs
         step = (step // interval + 1) * interval  # a step at which a measurement is due
-        synchronize(device)
-        started = time.perf_counter()
-        engine.after_backward(step)
-        synchronize(device)
-        engine_seconds.append(time.perf_counter() - started)
+        engine_seconds.append(timed(functools.partial(engine.after_backward, step), device))
     return OverheadResult(
         off_seconds=off_seconds,
         on_seconds=on_seconds,
