@@ -185,6 +185,26 @@ def cmd_layout(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(ns: argparse.Namespace) -> int:
+    from dmao.experiment.runner import GridRunner
+    from dmao.experiment.spec import load_spec
+
+    _setup_logging()
+    spec = load_spec(ns.spec)
+    grid_dir = spec.grid_dir(ns.dir)
+    runner = GridRunner(spec, grid_dir, jobs=ns.jobs, arms=tuple(ns.arms or ()))
+    if ns.dry_run:
+        print(runner.listing())
+        return 0
+    status = 0 if ns.report_only else runner.run()
+    from dmao.experiment.report import write_report
+
+    report_dir = Path(ns.report_dir) if ns.report_dir else grid_dir / "report"
+    written = write_report(spec, grid_dir, report_dir, command=" ".join(["dmao", *sys.argv[1:]]))
+    print(f"report: {written}")
+    return status
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -284,6 +304,23 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dir")
     plot.add_argument("--output", help="folder for the PNGs (default RUN_DIR/plots)")
     plot.set_defaults(func=cmd_plot)
+
+    exp = sub.add_parser(
+        "experiment",
+        help="train a grid of arms x seeds (resumable) and write the report with its statistics",
+        description="Train every cell (arm x seed) of an experiment spec as its own run under the grid directory, "
+        "skipping finished cells and resuming interrupted ones, then write report.md, report.html, results.csv and "
+        "the figures. Several invocations (or machines sharing the grid directory) never train a cell twice. "
+        "Shipped specs: experiments/paper-claims.yaml (CPU), experiments/paper-claims-gpu.yaml.",
+    )
+    exp.add_argument("spec", help="an experiment spec (YAML)")
+    exp.add_argument("--dir", help="the grid directory (default: the spec's out_dir, else runs/experiments/NAME)")
+    exp.add_argument("--jobs", type=int, default=1, help="cells trained at once (default 1)")
+    exp.add_argument("--arms", nargs="+", help="only these arms (default: all)")
+    exp.add_argument("--dry-run", action="store_true", help="list the cells and their status; train nothing")
+    exp.add_argument("--report-only", action="store_true", help="write the report from the finished cells")
+    exp.add_argument("--report-dir", help="where the report goes (default GRID/report)")
+    exp.set_defaults(func=cmd_experiment)
 
     lay = sub.add_parser(
         "layout",

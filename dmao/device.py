@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
+from pathlib import Path
 
 import torch
 
@@ -111,3 +113,13 @@ def _check_memory(parameters: int, per_parameter: int, what: str, holding: str, 
             f"{holding} ({per_parameter} bytes each, activations not counted), and {free / 1e9:,.1f} GB are free; "
             f"choose a smaller model"
         )
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()

@@ -29,6 +29,10 @@ class ModelConfig:
     feature_normalization: Literal["utterance", "none"] = "utterance"
     """``utterance``: zero mean, unit variance per utterance and mel bin before SpecAugment (the frontend has no
     input norm, and raw log-mel values sit around -20)."""
+    layout: str = ""
+    """Start from another run's layout instead of the uniform one: a run directory or checkpoint (its newest
+    checkpoint's layout: a finished DMAO run's final one) or a layout file (YAML or JSON, as ``Layout.to_dict``).
+    Retraining DMAO's found layout from scratch separates "the layout is better" from "the growing helps"."""
 
     def __post_init__(self) -> None:
         check_probability(self, "final_dropout")

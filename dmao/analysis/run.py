@@ -89,9 +89,10 @@ def _event_layout(event: dict[str, Any], key: str, metrics_path: Path) -> Layout
 
 
 def load_run(run_dir: str | Path) -> RunHistory:
-    """Read a run directory. The initial layout is the configuration's starting layout (else the first event's
-    ``layout_before``); the final layout is the newest checkpoint's, or the last event's ``layout_after`` where that
-    event is newer than every checkpoint."""
+    """Read a run directory. The initial layout is the configuration's starting layout (for a run started from
+    another's layout, ``model.layout``, or without a config: the first event's ``layout_before``); the final layout
+    is the newest checkpoint's, or the last event's ``layout_after`` where that event is newer than every
+    checkpoint."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no such run directory")
@@ -117,10 +118,15 @@ def load_run(run_dir: str | Path) -> RunHistory:
     if config_path.is_file():
         data = load_yaml(config_path)  # its errors name the file
         try:
-            initial_layout = from_dict(RunConfig, data).model.encoder.starting_layout()
+            model_cfg = from_dict(RunConfig, data).model
         except ConfigError as err:
             raise ConfigError(f"{config_path}: {err}") from None
-        initial_source = config_path.name
+        if not model_cfg.layout:
+            initial_layout, initial_source = model_cfg.encoder.starting_layout(), config_path.name
+        elif events:  # started from another run's layout (model.layout), which may since be gone
+            initial_layout, initial_source = _event_layout(events[0], "layout_before", metrics_path), "event 1"
+        else:  # a static run from another run's layout: it ends where it started
+            initial_layout, initial_source = final_layout, f"{final_source} (model.layout, no event)"
     elif events:
         initial_layout = _event_layout(events[0], "layout_before", metrics_path)
         initial_source = f"event {events[0]['event']}"

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from dmao.data.batches import AudioBatch
-from dmao.device import synchronize
+from dmao.device import cpu_name, synchronize
 
 REFERENCE_VOCAB = 128
 """Output labels incl. the blank with which the paper's parameter counts are reproduced (see tests/test_model.py)."""
@@ -59,15 +57,6 @@ def synthetic_batch(
         sample_rate=sample_rate,
     )
     return batch.to(device)
-
-
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def device_description(device: torch.device) -> dict[str, Any]:

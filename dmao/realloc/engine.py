@@ -50,6 +50,9 @@ class ReallocConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     grow: GrowConfig = field(default_factory=GrowConfig)
+    apply_events: bool = True
+    """False: scores are tracked and each event is planned and reported as usual, but not carried out (the model
+    keeps its layout): the same-size baseline with DMAO's tracking, which shows that tracking alone changes nothing."""
 
 
 @dataclass
@@ -234,11 +237,13 @@ class Reallocator:
         started = time.perf_counter()
         groups_before, params_before = self.group_counts(), parameter_count(self.modules)
         plan = self._plan_on_rank0(step)
-        execute_plan(self.modules, plan, self.cfg.grow, optimizer, seed=step_seed(self.seed, step))
+        if self.cfg.apply_events:
+            execute_plan(self.modules, plan, self.cfg.grow, optimizer, seed=step_seed(self.seed, step))
         report = EventReport(
             event=self.schedule.events_done + 1,
             step=step,
-            reason=self.schedule.reason(step),
+            reason=self.schedule.reason(step)
+            + ("" if self.cfg.apply_events else "; planned only (apply_events: false)"),
             plan=plan,
             groups_before=groups_before,
             groups_after=self.group_counts(),

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dmao.config import from_dict
+from dmao.config import from_dict, load_yaml
 from dmao.data.tokenizer import Tokenizer, load_tokenizer
 from dmao.device import check_inference_memory
 from dmao.encoders.layout import Layout
@@ -177,6 +177,19 @@ def open_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
     if latest is None:
         raise CheckpointError(f"no checkpoint in {directory} is readable (see the warnings above)")
     return latest[0], latest[1]
+
+
+def load_layout(source: str | Path) -> tuple[Layout, str]:
+    """The layout that ``model.layout`` names and where it was read: the newest checkpoint's of a run or checkpoints
+    directory or a ``ckpt-*.pt`` file, or a layout file (YAML or JSON, as ``Layout.to_dict`` writes it)."""
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix.lower() in (".yaml", ".yml", ".json"):
+        try:
+            return Layout.from_dict(load_yaml(path)), str(path)
+        except (TypeError, KeyError, ValueError) as err:
+            raise CheckpointError(f"{path}: not a layout ({type(err).__name__}: {err})") from None
+    chosen, state = open_checkpoint(path)
+    return Layout.from_dict(state["layout"]), f"{chosen} (step {state['step']})"
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from dmao.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
 from dmao.decoding.evaluate import Evaluation, evaluate, write_transcripts
 from dmao.decoding.wer import CorpusScore
 from dmao.device import amp_dtype_for, check_training_memory, resolve_device
+from dmao.encoders.common import check_layout_matches
 from dmao.encoders.layout import Layout
 from dmao.model import CTCModel, estimate_parameters
 from dmao.realloc import EventReport, Reallocator
@@ -249,12 +250,27 @@ class Trainer:
         barrier(self.dist)
         return load_tokenizer(directory)
 
+    def _starting_layout(self, state: dict[str, Any] | None) -> Layout | None:
+        """A resumed run's checkpoint layout; else the layout ``model.layout`` names; else None (the uniform one)."""
+        if state is not None:
+            return Layout.from_dict(state["layout"])
+        if not self.cfg.model.layout:
+            return None
+        try:
+            layout, source = ckpt.load_layout(self.cfg.model.layout)
+            check_layout_matches(self.cfg.model.encoder, layout)
+        except (ckpt.CheckpointError, ConfigError, ValueError) as err:
+            raise ConfigError(f"model.layout: {err}") from None
+        log.info("starting from the layout of %s", source)
+        return layout
+
     def setup(self) -> None:
         cfg = self.cfg
         if self.dist.is_main:
             self._claim_run_dir()
         barrier(self.dist)
         state = self._resume_state()
+        layout = self._starting_layout(state)  # before the data: a bad model.layout is known at once
         seed_everything(cfg.train.seed)
         sample_rate = cfg.model.features.sample_rate
         if self.dist.is_main:  # build or prepare the corpus once; the other ranks then read the cache
@@ -265,7 +281,6 @@ class Trainer:
         if "train" not in self.splits:
             raise TrainingError(f"corpus {cfg.data.corpus!r} has no 'train' split (found {sorted(self.splits)})")
         self.tokenizer = self._prepare_tokenizer([c.supervisions[0].text for c in self.splits["train"]], state)
-        layout = Layout.from_dict(state["layout"]) if state else None
         self.model = CTCModel(cfg.model, self.tokenizer.vocab_size, layout=layout).to(self.device)
         self.opt = build_optimization(self.model, cfg.train, self.device, self.amp_dtype)
         if self.dist.is_main:
