@@ -28,7 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from dmao.analysis.run import superseded_removed
+from dmao.device import cpu_name
 from dmao.experiment.spec import Cell, ExperimentSpec
 from dmao.training.checkpoint import checkpoint_step, list_checkpoints
 from dmao.training.metrics import read_metrics
@@ -219,6 +222,7 @@ class GridRunner:
             process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
         attempt = {
             "host": socket.gethostname(),
+            "machine": f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
             "pid": process.pid,
             "git_revision": git_revision(),
             "command": command,
