@@ -142,9 +142,16 @@ def cell_status(cell: Cell, paths: GridPaths) -> str:
     attempts = read_record(paths.record(cell))["attempts"]
     checkpoints = list_checkpoints(cell.run_dir / "checkpoints")
     at = f" at step {checkpoint_step(checkpoints[-1])}" if checkpoints else ""
-    if attempts and attempts[-1].get("rc") not in (0, None):
-        return f"failed (exit {attempts[-1]['rc']}{at}; {paths.log(cell)})"
+    rc = attempts[-1].get("rc") if attempts else None
+    if rc is not None and rc != 0 and not interrupted(rc):
+        return f"failed (exit {rc}{at}; {paths.log(cell)})"
     return f"partial{at}" if checkpoints else "pending"
+
+
+def interrupted(rc: int) -> bool:
+    """Whether an exit status is a stop on SIGINT/SIGTERM (the trainer's 128 + signal, or killed by it): the cell
+    resumes, it did not fail."""
+    return rc in (-signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGTERM)
 
 
 def train_command(cell: Cell) -> list[str]:
@@ -188,7 +195,10 @@ class GridRunner:
             cfg = cell.config()
             if cfg.data not in seen and not is_finished(cell):
                 seen.append(cfg.data)
-                load_splits(cfg.data, cfg.model.features.sample_rate, num_jobs=os.cpu_count() or 1)
+                try:
+                    load_splits(cfg.data, cfg.model.features.sample_rate, num_jobs=os.cpu_count() or 1)
+                except Exception as err:  # each of its cells then fails with this error in its own log
+                    log.warning("the corpus of %s could not be prepared: %s", cell.name, err)
 
     def _done(self, cell: Cell) -> bool:
         """:func:`is_finished`, remembered once true (the loop asks every second)."""
@@ -246,6 +256,8 @@ class GridRunner:
         run.lock.release()
         if rc == 0 and is_finished(run.cell):
             log.info("finished %s in %.0f s", run.cell.name, attempt["wall_seconds"])
+        elif interrupted(rc):
+            log.warning("%s stopped on a signal; it resumes from its last checkpoint next time", run.cell.name)
         else:
             self.failed.add(run.cell.name)
             log.error("%s stopped with exit status %d: see %s", run.cell.name, rc, self.paths.log(run.cell))
@@ -299,7 +311,7 @@ class GridRunner:
             lines.append(f"{cell.name:<32} {cell_status(cell, self.paths)}")
         done = sum(is_finished(c) for c in self.cells)
         lines.append(f"{done} of {len(self.cells)} done")
-        if self.cells:
-            first = next((c for c in self.cells if not is_finished(c)), self.cells[0])
+        first = next((c for c in self.cells if not is_finished(c)), None)
+        if first is not None:
             lines.append(f"command of {first.name}: " + " ".join(train_command(first)))
         return "\n".join(lines)

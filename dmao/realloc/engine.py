@@ -70,6 +70,8 @@ class EventReport:
     """Re-allocatable parameters (all parameters of the resizable modules) before the event."""
     params_after: int
     seconds: float
+    applied: bool = True
+    """False: planned and reported only (``apply_events: false``); the model was left as it was."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -244,6 +246,7 @@ class Reallocator:
             step=step,
             reason=self.schedule.reason(step)
             + ("" if self.cfg.apply_events else "; planned only (apply_events: false)"),
+            applied=self.cfg.apply_events,
             plan=plan,
             groups_before=groups_before,
             groups_after=self.group_counts(),

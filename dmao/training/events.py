@@ -23,6 +23,7 @@ def event_record(
     return {
         "event": report.event,
         "reason": report.reason,
+        "applied": report.applied,
         "layout_before": layout_before.to_dict(),
         "layout_after": layout_after.to_dict(),
         "params_before": report.params_before,

@@ -1,5 +1,6 @@
 import ast
 import copy
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -320,3 +321,21 @@ def test_any_planning_failure_becomes_an_event_error(monkeypatch):
     monkeypatch.setattr(run.engine, "plan", broken)
     with pytest.raises(EventError, match="cannot be planned: RuntimeError: boom"):
         run.engine.reallocate(10, run.optimizer)
+
+
+def test_events_not_applied_are_planned_and_reported_but_leave_the_run_unchanged():
+    """apply_events=false (DMAO's tracking without its events) trains exactly the run without an engine event."""
+    tracked, applied = Run(dataclasses.replace(config(), apply_events=False)), Run(config())
+    tracked.train(TOTAL)
+    applied.train(TOTAL)
+    (report,) = tracked.reports
+    assert not report.applied and "planned only" in report.reason
+    assert report.groups_after == report.groups_before and report.params_after == report.params_before
+    assert any(plan.dropped for plan in report.plan.modules.values())  # there was something to move
+    assert applied.reports[0].applied and applied.reports[0].groups_after != applied.reports[0].groups_before
+    # The same steps as a run whose engine never reaches its event: identical weights at the end.
+    reference = Run(config())
+    reference.engine.due = lambda step: False
+    reference.train(TOTAL)
+    for (name, a), b in zip(tracked.net.state_dict().items(), reference.net.state_dict().values()):
+        assert torch.equal(a, b), name
