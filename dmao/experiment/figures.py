@@ -123,7 +123,7 @@ def plot_layouts(result: GridResult, path: Path) -> Path | None:
     arms = [
         a
         for a in result.arms.values()
-        if any(c.history.final_layout != c.history.initial_layout or c.cell.layout_source for c in a.finished)
+        if any(c.history.final_layout != c.history.initial_layout or c.cell.source for c in a.finished)
     ]
     if not arms:
         return None

@@ -137,8 +137,8 @@ def cell_status(cell: Cell, paths: GridPaths) -> str:
         if not lock.try_acquire():
             return f"running ({lock.holder()})"
         lock.release()
-    if cell.layout_source is not None and not (cell.layout_source / "metrics.jsonl").is_file():
-        return f"waiting for {cell.layout_source.parent.name}/{cell.layout_source.name}"
+    if cell.source is not None and not is_finished(cell.source):
+        return f"waiting for {cell.source.name}"
     attempts = read_record(paths.record(cell))["attempts"]
     checkpoints = list_checkpoints(cell.run_dir / "checkpoints")
     at = f" at step {checkpoint_step(checkpoints[-1])}" if checkpoints else ""
@@ -209,11 +209,7 @@ class GridRunner:
     def _startable(self, cell: Cell) -> bool:
         if cell.name in self.failed or self._done(cell):
             return False
-        if cell.layout_source is not None:
-            source = next((c for c in self.cells if c.run_dir == cell.layout_source), None)
-            if source is None or not self._done(source):
-                return False
-        return True
+        return cell.source is None or self._done(cell.source)
 
     def _launch(self, cell: Cell) -> Running | None:
         lock = self.paths.lock(cell)

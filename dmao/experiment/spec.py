@@ -124,20 +124,20 @@ class ExperimentSpec:
 
     def cells(self, grid_dir: Path) -> list[Cell]:
         """Every cell in run order (stage, seed position, arm order), its configuration checked."""
-        cells = []
-        for order, (key, arm) in enumerate(self.arms.items()):
+        cells: dict[tuple[str, int], Cell] = {}
+        # Arms that start from another arm's layout last: their source cells exist by then (sources cannot chain).
+        for order, (key, arm) in sorted(enumerate(self.arms.items()), key=lambda item: bool(item[1][1].layout_from)):
             for position, seed in enumerate(arm.seeds or self.seeds):
                 run_dir = grid_dir / "runs" / key / f"seed{seed}"
                 per_cell = [f"train.seed={seed}", f"out_dir={run_dir}"]
-                source = None
-                if arm.layout_from:
-                    source = grid_dir / "runs" / arm.layout_from / f"seed{seed}"
-                    per_cell.append(f"model.layout={source}")
+                source = cells[(arm.layout_from, seed)] if arm.layout_from else None
+                if source is not None:
+                    per_cell.append(f"model.layout={source.run_dir}")
                 overrides = (*self.overrides, *arm.overrides, *per_cell)
-                cells.append(
-                    Cell(key, seed, run_dir, self.config_path(), overrides, source, (arm.stage, position, order))
+                cells[(key, seed)] = Cell(
+                    key, seed, run_dir, self.config_path(), overrides, source, (arm.stage, position, order)
                 )
-        cells.sort(key=lambda c: c.order)
+        cells = sorted(cells.values(), key=lambda c: c.order)
         for cell in cells:
             cell.config()  # a typo in an override fails now, naming the arm, not hours into the grid
         return cells
@@ -152,8 +152,8 @@ class Cell:
     run_dir: Path
     config_path: Path
     overrides: tuple[str, ...]
-    layout_source: Path | None
-    """The run whose final layout this cell starts from (``layout_from``), which must finish first."""
+    source: Cell | None
+    """The cell whose final layout this one starts from (``layout_from``), which must finish first."""
     order: tuple[int, int, int]
 
     @property
