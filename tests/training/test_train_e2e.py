@@ -7,8 +7,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import yaml
 
+from dmao.analysis.run import load_run
 from dmao.cli import main
+from dmao.config import ConfigError
+from dmao.encoders.layout import Layout
 from dmao.training import checkpoint as ckpt
 from dmao.training.loop import TrainingError, run_training
 
@@ -295,3 +299,31 @@ def test_an_event_under_compile_gives_the_eager_result(smoke_config):
     assert state["layout"] == eager_state["layout"] != state["config"]["model"]  # re-allocated, identically
     for name, tensor in eager_state["model"].items():
         torch.testing.assert_close(state["model"][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_model_layout_starts_a_run_from_a_layout_file_or_another_run(smoke_config, trained_run, tmp_path):
+    found = ckpt.load_checkpoint(trained_run.run_dir)["layout"]
+    layout_file = tmp_path / "layout.yaml"
+    layout_file.write_text(yaml.safe_dump(found))
+    for number, source in enumerate((layout_file, trained_run.run_dir)):
+        run = run_training(smoke_config(f"model.layout={source}", "dmao.enabled=false", "train.eval_splits=[]",
+                                        f"out_dir={tmp_path / f'run{number}'}"))  # fmt: skip
+        assert ckpt.load_checkpoint(run.run_dir)["layout"] == found
+        history = load_run(run.run_dir)  # a static run from another's layout starts and ends there
+        assert history.initial_layout.to_dict() == found == history.final_layout.to_dict()
+
+
+def test_a_layout_of_another_model_or_a_bad_file_is_refused_before_any_data(smoke_config, tmp_path):
+    other = Layout.uniform("conformer", 3, 64, head_dim=16)  # the smoke model has 2 layers
+    (tmp_path / "three.json").write_text(json.dumps(other.to_dict()))
+    (tmp_path / "junk.yaml").write_text("layers: 3\n")
+    for source, message in (
+        (tmp_path / "three.json", "model.layout: layout.num_layers = 3 does not match the encoder configuration (2)"),
+        (tmp_path / "junk.yaml", f"model.layout: {tmp_path / 'junk.yaml'}: not a layout"),
+        (tmp_path / "absent", "model.layout: " + str(tmp_path / "absent") + ": no such checkpoint"),
+    ):
+        cfg = smoke_config(f"model.layout={source}", f"data.cache_dir={tmp_path / 'no-corpus'}")
+        with pytest.raises(ConfigError) as caught:
+            run_training(cfg)
+        assert message in str(caught.value)
+        assert not (tmp_path / "no-corpus").exists()  # refused before the corpus was built
