@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import re
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -196,11 +197,12 @@ def cmd_experiment(ns: argparse.Namespace) -> int:
     if ns.dry_run:
         print(runner.listing())
         return 0
-    status = 0 if ns.report_only else runner.run()
+    command = shlex.join(["dmao", *ns.argv])
+    status = 0 if ns.report_only else runner.run(command)
     from dmao.experiment.report import write_report
 
     report_dir = Path(ns.report_dir) if ns.report_dir else grid_dir / "report"
-    written = write_report(spec, grid_dir, report_dir, command=" ".join(["dmao", *sys.argv[1:]]))
+    written = write_report(spec, grid_dir, report_dir, command=command)
     print(f"report: {written}")
     return status
 
@@ -341,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     ns = parser.parse_args(argv)
+    ns.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return ns.func(ns)
     except Stopped as stop:

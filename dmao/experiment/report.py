@@ -4,8 +4,10 @@ per cell) and the figures as PNGs. Every table is built once and written both wa
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import html
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -240,8 +242,15 @@ def provenance(result: GridResult, command: str) -> list[str]:
     revisions = sorted({r for c in cells for r in c.revisions}) or ["not recorded"]
     walls = [c.wall_seconds for c in cells if c.wall_seconds]
     done = sum(c.done for c in cells)
+    invocations = []
+    if result.paths.invocations.is_file():
+        for line in result.paths.invocations.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError, TypeError, KeyError):
+                entry = json.loads(line)
+                invocations.append(f"`{entry['command']}` ({entry['host']}, {entry['started']} to {entry['ended']})")
     return [
-        f"**Command**: `{command}` (grid directory `{result.grid_dir}`)",
+        f"**Report written by**: `{command}` (grid directory `{result.grid_dir}`)",
+        f"**Grid trained by**: {'; '.join(invocations) if invocations else 'no invocation recorded'}",
         f"**Machine**: {'; '.join(machines)}",
         f"**Git revision of the cells**: {', '.join(revisions)}",
         f"**Cells**: {done} of {len(cells)} finished; training time {sum(walls) / 3600:.2f} cell-hours in all "

@@ -195,6 +195,10 @@ class GridResult:
     def cells(self) -> list[CellResult]:
         return [c for arm in self.arms.values() for c in arm.cells]
 
+    @property
+    def paths(self) -> GridPaths:
+        return GridPaths(self.grid_dir)
+
 
 def collect(spec: ExperimentSpec, grid_dir: Path) -> GridResult:
     """Read every cell of the grid (finished or not) and decide every claim on every evaluated split."""

@@ -101,6 +101,10 @@ class CellLock:
 class GridPaths:
     root: Path
 
+    @property
+    def invocations(self) -> Path:
+        return self.root / "invocations.jsonl"
+
     def lock(self, cell: Cell) -> CellLock:
         return CellLock(self.root / "locks" / f"{cell.slug}.lock")
 
@@ -261,9 +265,24 @@ class GridRunner:
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._stop_signal = signum
 
-    def run(self) -> int:
+    def run(self, command: str = "") -> int:
         """Train until every cell is done, failed, or held by another process; 0 when nothing failed. SIGINT or
-        SIGTERM stops the running cells (each writes a checkpoint to resume from) and returns."""
+        SIGTERM stops the running cells (each writes a checkpoint to resume from) and returns. ``command`` (how this
+        was started) is recorded with the time, host and revision in ``GRID/invocations.jsonl``."""
+        started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        status = 1
+        try:
+            status = self._run()
+        finally:
+            self.paths.root.mkdir(parents=True, exist_ok=True)
+            with open(self.paths.invocations, "a") as handle:
+                handle.write(json.dumps({
+                    "command": command, "jobs": self.jobs, "host": socket.gethostname(), "git_revision": git_revision(),
+                    "started": started, "ended": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "status": status,
+                }) + "\n")  # fmt: skip
+        return status
+
+    def _run(self) -> int:
         self.prepare_data()
         running: list[Running] = []
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}

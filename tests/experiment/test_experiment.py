@@ -136,6 +136,8 @@ def test_report_states_the_claims_with_their_verdicts(grid):
     assert len(claims) == 1 and "+0.00 [+0.00, +0.00]" in claims[0] and "**agree**" in claims[0]
     assert "tracked (planned, not applied)" in report
     assert "7 of 7 finished" in report and "**Git revision of the cells**" in report
+    (trained_by,) = [line for line in report.splitlines() if line.startswith("**Grid trained by**")]
+    assert f"`dmao experiment {grid_dir.parent / 'spec.yaml'} --dir {grid_dir} --jobs 2`" in trained_by
     for figure in ("errors.png", "loss.png", "layouts.png", "scores.png"):
         assert f"]({figure})" in report and (grid_dir / "report" / figure).stat().st_size > 1000
 
