@@ -103,7 +103,8 @@ def claims_table(result: GridResult) -> Table:
         "both arms finished. agree / disagree: the whole interval lies on the claimed / the opposite side of zero; "
         "undecided: it straddles zero (for a 'same' check: agree = zero inside the interval). Seeds needed: pairs "
         "for an 80 % chance of a decision at 95 % if the true difference were the observed one (and the paper's "
-        "relative effect, where it gives one), at the observed spread of the differences.",
+        "relative effect, where it gives one), at the observed spread of the differences. Each line is its own 95 % "
+        "decision: among many lines where nothing differs, about one in twenty looks decided by chance.",
     )
 
 

@@ -56,8 +56,11 @@ def git_revision() -> str | None:
 
 
 def is_finished(cell: Cell) -> bool:
-    """Whether the cell's run evaluated every configured split at its final step."""
+    """Whether the cell's run reached its final step (its checkpoint) and evaluated every configured split there."""
     cfg = cell.config()
+    checkpoints = list_checkpoints(cell.run_dir / "checkpoints")
+    if not checkpoints or checkpoint_step(checkpoints[-1]) != cfg.train.steps:
+        return False
     try:
         records = superseded_removed(read_metrics(cell.run_dir))
     except (FileNotFoundError, ValueError, KeyError):
