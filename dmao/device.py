@@ -123,3 +123,11 @@ def cpu_name() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device) -> str:
+    """The model name of a device: the CPU's, or the accelerator's as its torch backend reports it."""
+    if device.type == "cpu":
+        return cpu_name()
+    backend = getattr(torch, device.type, None)
+    return backend.get_device_name(device) if hasattr(backend, "get_device_name") else device.type

@@ -62,26 +62,38 @@ class PairedTest:
         return self.low / self.reference_mean, self.high / self.reference_mean
 
 
+def mean_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float, float, float]:
+    """Mean, sample std, and the t-interval of the mean; the interval is NaN with fewer than two values, or when
+    values that differ only by rounding leave no spread (nothing to base an interval on), except that values all
+    exactly zero give [0, 0] (e.g. two arms that train bit for bit alike)."""
+    array = np.round(np.asarray(values, dtype=float), 12)  # rates of equal error counts differ by float rounding
+    n = len(array)
+    if n == 0:
+        return math.nan, math.nan, math.nan, math.nan
+    mean = float(array.mean())
+    if n < 2:
+        return mean, math.nan, math.nan, math.nan
+    std = float(array.std(ddof=1))
+    if std == 0:
+        return (mean, 0.0, 0.0, 0.0) if mean == 0 else (mean, 0.0, math.nan, math.nan)
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
+    return mean, std, mean - half, mean + half
+
+
 def paired_t_test(arm: list[float], reference: list[float], confidence: float = 0.95) -> PairedTest:
-    """The paired t-test of ``arm - reference`` (one value per seed, same order). With fewer than two pairs, or no
-    spread at all, the interval is undefined (NaN) and nothing can be decided."""
+    """The paired t-test of ``arm - reference`` (one value per seed, same order). With fewer than two pairs, or a
+    difference with no spread, the interval is undefined (NaN) and nothing can be decided; identical pairs give a
+    zero difference with the interval [0, 0]."""
     if len(arm) != len(reference):
         raise ValueError(f"paired test: {len(arm)} values against {len(reference)}")
     differences = np.asarray(arm, dtype=float) - np.asarray(reference, dtype=float)
-    n = len(differences)
-    reference_mean = float(np.mean(reference)) if n else math.nan
-    if n == 0:
-        return PairedTest(0, math.nan, math.nan, math.nan, math.nan, math.nan, reference_mean)
-    mean = float(differences.mean())
-    if n < 2:
-        return PairedTest(n, mean, math.nan, math.nan, math.nan, math.nan, reference_mean)
-    std = float(differences.std(ddof=1))
-    if std == 0:
-        exact = 0.0 if mean else 1.0  # the same shift in every pair: the t statistic is infinite (or 0/0: equal)
-        return PairedTest(n, mean, 0.0, mean, mean, exact, reference_mean)
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
-    p_value = float(2 * stats.t.sf(abs(mean) / (std / math.sqrt(n)), n - 1))
-    return PairedTest(n, mean, std, mean - half, mean + half, p_value, reference_mean)
+    reference_mean = float(np.mean(reference)) if len(reference) else math.nan
+    mean, std, low, high = mean_interval(list(differences), confidence)
+    if std > 0:
+        p_value = float(2 * stats.t.sf(abs(mean) / (std / math.sqrt(len(differences))), len(differences) - 1))
+    else:
+        p_value = 1.0 if (std == 0 and mean == 0) else math.nan
+    return PairedTest(len(differences), mean, std, low, high, p_value, reference_mean)
 
 
 def seeds_needed(std_difference: float, effect: float, confidence: float = 0.95, power: float = 0.8) -> int | None:
@@ -91,10 +103,12 @@ def seeds_needed(std_difference: float, effect: float, confidence: float = 0.95,
     if not (std_difference > 0 and effect) or math.isnan(std_difference) or math.isnan(effect):
         return None
     ratio = abs(effect) / std_difference
-    for n in range(2, 100_001):
-        if stats.t.ppf(0.5 + confidence / 2, n - 1) + stats.t.ppf(power, n - 1) <= ratio * math.sqrt(n):
-            return n
-    return None
+    # t quantiles exceed the normal ones, so the normal approximation is a lower bound to count up from.
+    normal = (stats.norm.ppf(0.5 + confidence / 2) + stats.norm.ppf(power)) / ratio
+    n = max(2, math.floor(normal**2))
+    while stats.t.ppf(0.5 + confidence / 2, n - 1) + stats.t.ppf(power, n - 1) > ratio * math.sqrt(n):
+        n += 1
+    return n
 
 
 @dataclass(frozen=True)
@@ -130,11 +144,14 @@ def paired_bootstrap(
     difference = (arm_errors - reference_errors).astype(float)  # [S, U]
     observed = float((difference.sum(axis=1) / lengths.sum()).mean())
     rng = np.random.default_rng(seed)
-    weights = rng.multinomial(utterances, np.full(utterances, 1.0 / utterances), size=resamples)  # [R, U]
-    totals = weights @ lengths  # [R]
-    totals[totals == 0] = np.nan  # a draw of only empty references has no rate
-    rates = (weights @ difference.T) / totals[:, None]  # [R, S]
-    means = np.nanmean(rates, axis=1)
+    means = []
+    for start in range(0, resamples, 1000):  # in chunks: [R, U] weights of a large set would not fit in memory
+        count = min(1000, resamples - start)
+        weights = rng.multinomial(utterances, np.full(utterances, 1.0 / utterances), size=count)  # [R, U]
+        totals = (weights @ lengths).astype(float)  # [R]
+        totals[totals == 0] = np.nan  # a draw of only empty references has no rate
+        means.append(np.nanmean((weights @ difference.T) / totals[:, None], axis=1))  # [R] over the seeds
+    means = np.concatenate(means)
     tail = (1 - confidence) / 2
     low, high = np.nanquantile(means, [tail, 1 - tail])
     return BootstrapInterval(observed, float(low), float(high), utterances, seeds, resamples)
@@ -143,14 +160,17 @@ def paired_bootstrap(
 Verdict = Literal["agree", "disagree", "undecided"]
 
 
-def verdict(low: float, high: float, direction: Direction) -> Verdict:
+def verdict(low: float, high: float, direction: Direction, margin: float = 0.0) -> Verdict:
     """What an interval of (arm - reference) error rate says of a claim. better/worse: agree when the whole
-    interval lies on the claimed side of zero, disagree when it lies on the other side, else undecided. same:
-    agree when zero lies inside the interval (no difference detected at this precision), disagree when not."""
+    interval lies on the claimed side of zero, disagree when it lies on the other side, else undecided. same (an
+    equivalence check): agree when the whole interval lies within +-``margin``, disagree when it excludes zero, else
+    undecided (a wide interval around zero shows no difference, but cannot rule one out)."""
     if math.isnan(low) or math.isnan(high):
         return "undecided"
     if direction == "same":
-        return "agree" if low <= 0 <= high else "disagree"
+        if -margin <= low and high <= margin:
+            return "agree"
+        return "disagree" if low > 0 or high < 0 else "undecided"
     claimed_below = direction == "better"
     if high < 0:
         return "agree" if claimed_below else "disagree"

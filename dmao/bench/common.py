@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from dmao.data.batches import AudioBatch
-from dmao.device import cpu_name, synchronize
+from dmao.device import device_name, synchronize
 
 REFERENCE_VOCAB = 128
 """Output labels incl. the blank with which the paper's parameter counts are reproduced (see tests/test_model.py)."""
@@ -61,14 +61,9 @@ def synthetic_batch(
 
 def device_description(device: torch.device) -> dict[str, Any]:
     """What the numbers were measured on: device, its name, CPU cores, torch threads and version."""
-    if device.type == "cpu":
-        name = cpu_name()
-    else:
-        backend = getattr(torch, device.type, None)
-        name = backend.get_device_name(device) if hasattr(backend, "get_device_name") else device.type
     return {
         "device": str(device),
-        "device_name": name,
+        "device_name": device_name(device),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

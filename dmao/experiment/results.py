@@ -177,7 +177,7 @@ def decide_claim(claim: ClaimSpec, arms: dict[str, ArmResult], split: str, metri
         reference_mean=test.reference_mean,
         test=test,
         bootstrap=bootstrap,
-        verdict=verdict(test.low, test.high, claim.paper),
+        verdict=verdict(test.low, test.high, claim.paper, margin=claim.margin * test.reference_mean),
         seeds_for_observed=seeds_needed(test.std_difference, test.mean_difference),
         seeds_for_paper=seeds_needed(test.std_difference, paper),
     )

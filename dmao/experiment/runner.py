@@ -7,7 +7,8 @@ The grid directory is the only shared state, so a grid can be continued another 
 * ``locks/<arm>.seed<seed>.lock`` is held (``flock``) by whoever trains the cell; the kernel drops it when that
   process dies, however it dies, so a crashed machine never blocks a cell for good;
 * ``cells/<arm>.seed<seed>.json`` records every attempt: host, pid, git revision, command, exit status, wall time;
-* ``logs/<arm>.seed<seed>.log`` is the training log of the last attempt.
+* ``logs/<arm>.seed<seed>.<attempt>.log`` is the training log of each attempt;
+* ``invocations.jsonl`` records every ``dmao experiment`` that trained here (command, host, revision, times).
 
 A cell is done when its run has evaluated every configured split at its final step.
 """
@@ -31,9 +32,11 @@ from typing import Any
 import torch
 
 from dmao.analysis.run import superseded_removed
-from dmao.device import cpu_name
+from dmao.config import load_yaml
+from dmao.device import cpu_name, device_name, resolve_device
 from dmao.experiment.spec import Cell, ExperimentSpec
 from dmao.training.checkpoint import checkpoint_step, list_checkpoints
+from dmao.training.config import run_changes
 from dmao.training.metrics import read_metrics
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,10 @@ def git_revision() -> str | None:
     """The commit of the dmao checkout this runs from, with ``-dirty`` for uncommitted changes; None outside git."""
     root = Path(__file__).resolve().parents[2]
     try:
+        top = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                             check=True)  # fmt: skip
+        if Path(top.stdout.strip()).resolve() != root:  # an installed package inside some other repository
+            return None
         rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
         dirty = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
@@ -114,8 +121,9 @@ class GridPaths:
     def record(self, cell: Cell) -> Path:
         return self.root / "cells" / f"{cell.slug}.json"
 
-    def log(self, cell: Cell) -> Path:
-        return self.root / "logs" / f"{cell.slug}.log"
+    def log(self, cell: Cell, attempt: int) -> Path:
+        """The training log of the cell's attempt (1, 2, ...)."""
+        return self.root / "logs" / f"{cell.slug}.{attempt}.log"
 
 
 def read_record(path: Path) -> dict[str, Any]:
@@ -134,9 +142,22 @@ def _write_record(path: Path, data: dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
+def config_change(cell: Cell) -> str | None:
+    """How the cell's recorded run differs from what the spec asks of it now (None: it does not, or no run yet):
+    such a run is not this cell's result, and resuming it would be refused."""
+    path = cell.run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    changes = run_changes(load_yaml(path), cell.config().as_recorded())
+    return "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items()) or None
+
+
 def cell_status(cell: Cell, paths: GridPaths) -> str:
-    """done, running (another process holds the cell), waiting (for its layout source), failed (the last attempt),
-    partial (checkpoints, resumable) or pending."""
+    """stale (its run was made with other settings), done, running (another process holds the cell), waiting (for
+    its layout source), failed (the last attempt), partial (checkpoints, resumable) or pending."""
+    change = config_change(cell)
+    if change:
+        return f"stale: its run in {cell.run_dir} has other settings ({change}); move that run away to redo the cell"
     if is_finished(cell):
         return "done"
     lock = paths.lock(cell)
@@ -151,8 +172,22 @@ def cell_status(cell: Cell, paths: GridPaths) -> str:
     at = f" at step {checkpoint_step(checkpoints[-1])}" if checkpoints else ""
     rc = attempts[-1].get("rc") if attempts else None
     if rc is not None and rc != 0 and not interrupted(rc):
-        return f"failed (exit {rc}{at}; {paths.log(cell)})"
+        return f"failed (exit {rc}{at}; {attempts[-1].get('log', paths.log(cell, len(attempts)))})"
     return f"partial{at}" if checkpoints else "pending"
+
+
+UNFINISHED = 3
+"""Exit status of a run that failed nothing but left cells unfinished (held by another process, or waiting)."""
+
+
+def machine_description(device: str) -> str:
+    """What a cell trains on: the configured device's name (the CPU's for CPU runs), CPU cores, torch version."""
+    try:
+        where = device_name(resolve_device(device))
+    except ValueError:
+        where = device
+    cpu = cpu_name()
+    return f"{where}{'' if where == cpu else f' with {cpu}'}, {os.cpu_count()} CPUs, torch {torch.__version__}"
 
 
 def interrupted(rc: int) -> bool:
@@ -190,7 +225,11 @@ class GridRunner:
         self.paths = GridPaths(grid_dir)
         self.cells = [c for c in spec.cells(grid_dir) if not arms or c.arm in arms]
         self.failed: set[str] = set()
+        self.stopped: set[str] = set()
+        """Cells stopped by a signal this runner did not send (a user's kill, a scheduler): not restarted here."""
         self._finished: set[str] = set()
+        self.stale = {c.name for c in self.cells if config_change(c)}
+        """Cells whose run was made with other settings than the spec's now: never trained over, never reported."""
         self._stop_signal: int | None = None
 
     def prepare_data(self) -> None:
@@ -214,39 +253,49 @@ class GridRunner:
         return cell.name in self._finished
 
     def _startable(self, cell: Cell) -> bool:
-        if cell.name in self.failed or self._done(cell):
+        if cell.name in self.failed | self.stopped | self.stale or self._done(cell):
             return False
         return cell.source is None or self._done(cell.source)
 
     def _launch(self, cell: Cell) -> Running | None:
         lock = self.paths.lock(cell)
-        if not lock.try_acquire():
+        for _ in range(5):  # a dry run elsewhere may probe the lock for an instant
+            if lock.try_acquire():
+                break
+            time.sleep(0.1)
+        else:
             return None
         if is_finished(cell):  # finished elsewhere between the check and the claim
             lock.release()
             return None
         command = train_command(cell)
-        self.paths.log(cell).parent.mkdir(parents=True, exist_ok=True)
+        record = read_record(self.paths.record(cell))
+        log_path = self.paths.log(cell, len(record["attempts"]) + 1)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
-        threads = cell.config().train.threads
-        if threads:
-            env["OMP_NUM_THREADS"] = str(threads)
-        with open(self.paths.log(cell), "w") as handle:  # the child keeps its own copy of the descriptor
-            process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        cfg = cell.config()
+        if cfg.train.threads:
+            env["OMP_NUM_THREADS"] = str(cfg.train.threads)
+        with open(log_path, "w") as handle:  # the child keeps its own copy of the descriptor
+            # Its own session: a Ctrl-C in the terminal reaches the runner only, which stops each cell once (a second
+            # signal would make the trainer quit without its checkpoint). The child inherits the cell's lock, so the
+            # cell stays claimed as long as it trains, even if this runner dies.
+            process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env,
+                                       start_new_session=True, pass_fds=(lock.fd,))  # fmt: skip
         attempt = {
             "host": socket.gethostname(),
-            "machine": f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+            "machine": machine_description(cfg.train.device),
             "pid": process.pid,
             "git_revision": git_revision(),
             "command": command,
+            "log": str(log_path),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "rc": None,
         }
-        record = read_record(self.paths.record(cell))
         record.update(arm=cell.arm, seed=cell.seed, run_dir=str(cell.run_dir))
         record["attempts"].append(attempt)
         _write_record(self.paths.record(cell), record)
-        log.info("started %s (pid %d): log %s", cell.name, process.pid, self.paths.log(cell))
+        log.info("started %s (pid %d): log %s", cell.name, process.pid, log_path)
         return Running(cell, process, lock, time.monotonic(), attempt)
 
     def _finish(self, run: Running, rc: int) -> None:
@@ -260,10 +309,13 @@ class GridRunner:
         if rc == 0 and is_finished(run.cell):
             log.info("finished %s in %.0f s", run.cell.name, attempt["wall_seconds"])
         elif interrupted(rc):
+            if self._stop_signal is None:
+                self.stopped.add(run.cell.name)
             log.warning("%s stopped on a signal; it resumes from its last checkpoint next time", run.cell.name)
         else:
             self.failed.add(run.cell.name)
-            log.error("%s stopped with exit status %d: see %s", run.cell.name, rc, self.paths.log(run.cell))
+            what = f"exit status {rc}" if rc else "exit status 0 without its final checkpoint and evaluation"
+            log.error("%s stopped with %s: see %s", run.cell.name, what, attempt["log"])
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._stop_signal = signum
@@ -285,18 +337,24 @@ class GridRunner:
                 }) + "\n")  # fmt: skip
         return status
 
+    def _stop_all(self, running: list[Running]) -> None:
+        """SIGTERM to every running cell, once (each checkpoints its step and exits), and wait for them."""
+        for run in running:
+            with contextlib.suppress(ProcessLookupError):
+                run.process.send_signal(signal.SIGTERM)
+        for run in running:
+            self._finish(run, run.process.wait())
+        running.clear()
+
     def _run(self) -> int:
         self.prepare_data()
         running: list[Running] = []
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        stop_on = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous = {s: signal.signal(s, self._on_signal) for s in stop_on}
         try:
             while True:
                 if self._stop_signal is not None:
-                    for run in running:
-                        with contextlib.suppress(ProcessLookupError):
-                            run.process.send_signal(signal.SIGTERM)
-                    for run in running:
-                        self._finish(run, run.process.wait())
+                    self._stop_all(running)
                     log.warning("stopped on signal %d; run the same command again to resume", self._stop_signal)
                     return 128 + self._stop_signal
                 for run in [r for r in running if r.process.poll() is not None]:
@@ -315,21 +373,24 @@ class GridRunner:
                     break
                 time.sleep(1.0)
         finally:
+            if running:  # an error in this loop: the cells must not train on unwatched
+                self._stop_all(running)
             for s, handler in previous.items():
                 signal.signal(s, handler)
-        left = [c.name for c in self.cells if not is_finished(c)]
+        left = [c.name for c in self.cells if c.name in self.stale or not is_finished(c)]
         if left:
             log.warning("not finished: %s", ", ".join(left))
-        return 1 if self.failed else 0
+        if self.failed:
+            return 1
+        return UNFINISHED if left else 0
 
     def listing(self) -> str:
         """The cells in run order with their status and command (the dry run)."""
         lines = [f"grid {self.paths.root} ({len(self.cells)} cells)"]
-        for cell in self.cells:
-            lines.append(f"{cell.name:<32} {cell_status(cell, self.paths)}")
-        done = sum(is_finished(c) for c in self.cells)
-        lines.append(f"{done} of {len(self.cells)} done")
-        first = next((c for c in self.cells if not is_finished(c)), None)
+        statuses = [cell_status(cell, self.paths) for cell in self.cells]
+        lines += [f"{cell.name:<32} {status}" for cell, status in zip(self.cells, statuses)]
+        lines.append(f"{statuses.count('done')} of {len(self.cells)} done")
+        first = next((c for c, status in zip(self.cells, statuses) if status != "done"), None)
         if first is not None:
             lines.append(f"command of {first.name}: " + " ".join(train_command(first)))
         return "\n".join(lines)

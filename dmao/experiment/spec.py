@@ -47,6 +47,12 @@ class ArmSpec:
     """Cells of lower stages run first (e.g. the main comparison before the ablations)."""
     description: str = ""
 
+    def __post_init__(self) -> None:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: needs distinct seeds, got {list(self.seeds)}")
+        if self.layout_from and not ARM_NAME.fullmatch(self.layout_from):
+            raise ValueError(f"layout_from: {self.layout_from!r} is not an arm name")
+
 
 @dataclass
 class ClaimSpec:
@@ -58,8 +64,19 @@ class ClaimSpec:
     (worse), or no difference (same: a check, e.g. that score tracking alone changes nothing)."""
     paper_effect: float = 0.0
     """The relative change the paper reports (0.06: 6 % relative), for how many seeds would resolve it; 0: unknown."""
+    margin: float = 0.02
+    """``same``: the relative difference (of the reference's error rate) within which the arms count as equal; the
+    claim agrees only when the whole interval lies inside it."""
     source: str = ""
     """Where the paper says it."""
+
+    def __post_init__(self) -> None:
+        if self.arm == self.against:
+            raise ValueError(f"compares arm {self.arm!r} with itself")
+        if not 0 <= self.paper_effect < 1:
+            raise ValueError(f"paper_effect: a relative change in [0, 1), got {self.paper_effect}")
+        if not 0 <= self.margin < 1:
+            raise ValueError(f"margin: a relative difference in [0, 1), got {self.margin}")
 
 
 @dataclass
@@ -74,8 +91,8 @@ class ExperimentSpec:
     description: str = ""
     arms: dict[str, ArmSpec] = field(default_factory=dict)
     claims: list[ClaimSpec] = field(default_factory=list)
-    spec_dir: Path = field(default=Path("."), repr=False)
-    """The spec file's folder: a relative ``config`` is looked up there first."""
+    spec_dir: Path = field(default=Path("."), init=False, repr=False)
+    """The spec file's folder (set when it is read): a relative ``config`` is looked up there first."""
 
     def __post_init__(self) -> None:
         if not ARM_NAME.fullmatch(self.name):
@@ -87,7 +104,7 @@ class ExperimentSpec:
                 raise ConfigError(f"arms.{key}: an arm name must be letters, digits, '_', '.', '-' (it names a folder)")
             seeds = arm.seeds or self.seeds
             if not seeds or len(set(seeds)) != len(seeds):
-                raise ConfigError(f"arms.{key}.seeds: needs distinct seeds, got {list(seeds)}")
+                raise ConfigError(f"seeds: needs distinct seeds, got {list(seeds)}")
             if arm.layout_from:
                 source = self.arms.get(arm.layout_from)
                 if source is None:
@@ -110,10 +127,9 @@ class ExperimentSpec:
                     raise ConfigError(
                         f"claims[{i}].{role}: no arm {getattr(claim, role)!r} (arms: {', '.join(self.arms)})"
                     )
-            if claim.arm == claim.against:
-                raise ConfigError(f"claims[{i}]: compares arm {claim.arm!r} with itself")
-            if not 0 <= claim.paper_effect < 1:
-                raise ConfigError(f"claims[{i}].paper_effect: a relative change in [0, 1), got {claim.paper_effect}")
+            shared = set(self.arms[claim.arm].seeds or self.seeds) & set(self.arms[claim.against].seeds or self.seeds)
+            if not shared:
+                raise ConfigError(f"claims[{i}]: arms {claim.arm!r} and {claim.against!r} share no seed to pair")
 
     def config_path(self) -> Path:
         local = self.spec_dir / self.config
@@ -186,6 +202,8 @@ def load_spec(path: str | Path) -> ExperimentSpec:
         raise ConfigError(f"{path}: 'arms' must be a mapping from arm name to its settings")
     try:
         built = {str(key): from_dict(ArmSpec, value or {}, prefix=f"arms.{key}.") for key, value in arms.items()}
-        return from_dict(ExperimentSpec, {**data, "arms": built, "spec_dir": path.parent})
+        spec = from_dict(ExperimentSpec, {**data, "arms": built})
+        spec.spec_dir = path.parent
+        return spec
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None

@@ -214,20 +214,27 @@ def neutral_changes(saved: dict, cfg: RunConfig) -> dict[str, tuple[object, obje
     return {key: (old.get(key), new.get(key)) for key in NUMERIC_NEUTRAL_KEYS if old.get(key) != new.get(key)}
 
 
+def run_changes(saved: dict, cfg: RunConfig) -> dict[str, tuple[object, object]]:
+    """The keys outside :data:`RUN_NEUTRAL_KEYS` whose values differ between a recorded run config and ``cfg``:
+    (recorded, new) by key."""
+    old, new = flatten(saved), flatten(to_dict(cfg))
+    return {
+        key: (old.get(key, "(absent)"), new.get(key, "(absent)"))
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key) and not any(_covers(n, key) for n in RUN_NEUTRAL_KEYS)
+    }
+
+
 def check_resume_config(saved: dict, cfg: RunConfig) -> None:
     """Refuse to resume a run with settings that change it, naming each key with the checkpoint's and the new
     value, unless ``cfg.resume_changes`` lists it; keys in :data:`FIXED_ON_RESUME` are refused even then."""
-    old, new = flatten(saved), flatten(to_dict(cfg))
-    differing = [
-        key
-        for key in sorted(set(old) | set(new))
-        if old.get(key) != new.get(key) and not any(_covers(n, key) for n in RUN_NEUTRAL_KEYS)
-    ]
+    changes = run_changes(saved, cfg)
+    differing = list(changes)
     fixed = [key for key in differing if any(_covers(f, key) for f in FIXED_ON_RESUME)]
     refused = [key for key in differing if not any(_covers(a, key) for a in cfg.resume_changes)]
 
     def listing(keys: list[str]) -> str:
-        return "\n".join(f"  {key}: {old.get(key, '(absent)')!r} -> {new.get(key, '(absent)')!r}" for key in keys)
+        return "\n".join(f"  {key}: {changes[key][0]!r} -> {changes[key][1]!r}" for key in keys)
 
     if fixed:
         raise ConfigError(

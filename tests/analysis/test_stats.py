@@ -42,12 +42,26 @@ def test_summary_is_the_mean_and_sample_std():
     (-0.1, 0.5, "better", "undecided"),
     (0.1, 0.5, "worse", "agree"),
     (-0.5, -0.1, "worse", "disagree"),
-    (-0.1, 0.2, "same", "agree"),
+    (-0.1, 0.2, "same", "undecided"),  # no difference seen, but one as large as 0.2 is not ruled out
     (0.1, 0.2, "same", "disagree"),
+    (0.0, 0.0, "same", "agree"),
     (math.nan, math.nan, "same", "undecided"),
 ])  # fmt: skip
 def test_verdict(low, high, direction, expected):
     assert verdict(low, high, direction) == expected
+
+
+def test_an_equivalence_check_agrees_only_inside_its_margin():
+    assert verdict(-0.1, 0.2, "same", margin=0.25) == "agree"
+    assert verdict(-0.1, 0.3, "same", margin=0.25) == "undecided"
+
+
+def test_rounding_noise_is_no_spread_and_decides_nothing():
+    # The same error-count difference over the same reference length in both pairs: the float rates differ by
+    # ~1e-17, which must not become a zero-width interval with p ~ 0.
+    test = paired_t_test([0.14, 0.13], [0.15, 0.14])
+    assert test.mean_difference == pytest.approx(-0.01) and math.isnan(test.low) and math.isnan(test.p_value)
+    assert verdict(test.low, test.high, "better") == "undecided"
 
 
 def test_seeds_needed_is_the_smallest_n_that_meets_the_power_condition():

@@ -15,7 +15,7 @@ import yaml
 from dmao.cli import main
 from dmao.config import ConfigError
 from dmao.encoders.layout import Layout
-from dmao.experiment.runner import GridPaths, GridRunner, cell_status, read_record, train_command
+from dmao.experiment.runner import UNFINISHED, GridPaths, GridRunner, cell_status, read_record, train_command
 from dmao.experiment.spec import load_spec
 from dmao.training.checkpoint import open_checkpoint
 from dmao.training.metrics import read_metrics
@@ -186,25 +186,53 @@ def test_the_html_report_shows_every_table_and_image_without_sideways_scrolling(
     assert len(found["tables"]) == 5 and all(rows > 1 and fits for rows, fits in found["tables"]), found
 
 
-def test_an_interrupted_cell_resumes_from_its_checkpoint(corpus_cache, tmp_path):
+def test_a_cell_whose_arm_changed_after_it_ran_is_stale_and_not_reported(grid, tmp_path, capsys):
+    spec, grid_dir = grid
+    changed = dict(GRID_ARMS, baseline={"overrides": ["dmao.enabled=false", "train.peak_lr=0.002"]})
+    data = yaml.safe_load(spec.read_text())
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump({**data, "arms": changed}, sort_keys=False))
+    capsys.readouterr()
+    main(["experiment", str(edited), "--dir", str(grid_dir), "--dry-run"])
+    listing = capsys.readouterr().out
+    (row,) = [line for line in listing.splitlines() if line.startswith("baseline/seed1")]
+    assert "stale" in row and "train.peak_lr: 0.001 -> 0.002" in row
+    # Nothing retrains over the old runs, and the report leaves them out.
+    args = ["experiment", str(edited), "--dir", str(grid_dir), "--arms", "baseline", "--report-dir", str(tmp_path)]
+    assert main(args) == UNFINISHED
+    with open(tmp_path / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["status"].split(":")[0] for r in rows if r["arm"] == "baseline"] == ["stale", "stale"]
+    assert all(r["dev_cer"] == "" for r in rows if r["arm"] == "baseline")
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_an_interrupted_cell_resumes_from_its_checkpoint(corpus_cache, tmp_path, terminal):
+    """SIGTERM to the runner, or Ctrl-C in its terminal (SIGINT to the whole process group): each running cell is
+    stopped once, writes its stop checkpoint, and resumes from it the next time."""
     spec = write_spec(tmp_path / "spec.yaml", corpus_cache, {"long": {"seeds": [1]}},
                       overrides=["train.steps=300", "train.checkpoint_every=5", "dmao.enabled=false"])  # fmt: skip
     grid_dir = tmp_path / "grid"
     command = [sys.executable, "-m", "dmao.cli", "experiment", str(spec), "--dir", str(grid_dir)]
-    runner = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runner = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     checkpoints = grid_dir / "runs" / "long" / "seed1" / "checkpoints"
     deadline = time.monotonic() + 120
     while not list(checkpoints.glob("ckpt-*.pt")) and time.monotonic() < deadline:
         time.sleep(0.2)
-    runner.send_signal(signal.SIGTERM)
-    assert runner.wait(timeout=120) == 128 + signal.SIGTERM
+    if terminal:
+        os.killpg(runner.pid, signal.SIGINT)
+    else:
+        runner.send_signal(signal.SIGTERM)
+    assert runner.wait(timeout=120) == 128 + (signal.SIGINT if terminal else signal.SIGTERM)
     (cell,) = load_spec(spec).cells(grid_dir)
     paths = GridPaths(grid_dir)
     assert cell_status(cell, paths).startswith("partial at step")  # interrupted, not failed
     assert "resume=true" in train_command(cell)
+    # One signal reached the trainer: it stopped at a step boundary with a checkpoint, not with a second-signal abort.
+    assert "continue with the same command and resume=true" in paths.log(cell, 1).read_text()
     assert main(["experiment", str(spec), "--dir", str(grid_dir)]) == 0
     attempts = read_record(paths.record(cell))["attempts"]
-    assert [a["rc"] != 0 for a in attempts] == [True, False]
+    assert [a["rc"] for a in attempts] == [128 + signal.SIGTERM, 0]
     assert "resuming from" in (cell.run_dir / "train.log").read_text()
     assert cell_status(cell, paths) == "done"
 
@@ -220,7 +248,7 @@ def test_a_failed_cell_is_reported_and_its_dependents_wait(corpus_cache, tmp_pat
     broken, after = load_spec(spec).cells(grid_dir)
     paths = GridPaths(grid_dir)
     assert read_record(paths.record(broken))["attempts"][0]["rc"] == 2
-    assert "missing.jsonl" in paths.log(broken).read_text()
+    assert "missing.jsonl" in paths.log(broken, 1).read_text()
     assert read_record(paths.record(after))["attempts"] == []
     capsys.readouterr()
     main(["experiment", str(spec), "--dir", str(grid_dir), "--dry-run"])
@@ -248,7 +276,7 @@ time.sleep(60)
     try:
         assert held.stdout.readline().strip() == "held"
         assert cell_status(cell, paths) == "running (elsewhere 4242)"
-        assert GridRunner(load_spec(spec), grid_dir).run() == 0
+        assert GridRunner(load_spec(spec), grid_dir).run() == UNFINISHED
         assert read_record(paths.record(cell))["attempts"] == []  # nothing started here
     finally:
         held.kill()
@@ -262,7 +290,9 @@ time.sleep(60)
     ({"a": {"overrides": ["train.stpes=3"]}}, [], "arm 'a' (seed 1): unknown config key 'train.stpes'"),
     ({"a": {"layout_from": "b"}}, [], "arms.a.layout_from: no arm 'b'"),
     ({"a": {}}, [{"name": "x", "arm": "a", "against": "c"}], "claims[0].against: no arm 'c'"),
-    ({"a": {}, "b": {"seeds": [1, 1]}}, [], "arms.b.seeds: needs distinct seeds"),
+    ({"a": {}, "b": {"seeds": [1, 1]}}, [], "arms.b: seeds: needs distinct seeds"),
+    ({"a": {}}, [{"name": "x", "arm": "a", "against": "a"}], "claims[0]: compares arm 'a' with itself"),
+    ({"a": {}, "b": {"seeds": [2]}}, [{"name": "x", "arm": "a", "against": "b"}], "share no seed"),
     ({"a b": {}}, [], "an arm name must be"),
 ])  # fmt: skip
 def test_a_bad_spec_is_refused_naming_the_key(corpus_cache, tmp_path, arms, claims, message):
