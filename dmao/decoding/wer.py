@@ -81,7 +81,8 @@ def edit_counts(ref: Sequence[Hashable], hyp: Sequence[Hashable]) -> ErrorCounts
     return ErrorCounts(subs=subs, dels=dels, ins=ins, ref_len=num_ref)
 
 
-def _characters(text: str) -> list[str]:
+def characters(text: str) -> list[str]:
+    """The characters the CER counts: the words joined by single spaces."""
     return list(" ".join(text.split()))
 
 
@@ -106,5 +107,5 @@ def score_corpus(refs: Sequence[str], hyps: Sequence[str]) -> CorpusScore:
     words, chars = ErrorCounts(), ErrorCounts()
     for ref, hyp in zip(refs, hyps):
         words += edit_counts(ref.split(), hyp.split())
-        chars += edit_counts(_characters(ref), _characters(hyp))
+        chars += edit_counts(characters(ref), characters(hyp))
     return CorpusScore(words=words, chars=chars)

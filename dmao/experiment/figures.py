@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 
 from dmao.analysis.plots import DPI, MODULE_COLORS
-from dmao.analysis.stats import paired_t_test
+from dmao.analysis.stats import mean_interval
 from dmao.experiment.results import ArmResult, GridResult
 
 WIDTH = 9.0
@@ -41,19 +41,13 @@ def plot_errors(result: GridResult, metric: str, path: Path) -> Path:
         for row, arm in enumerate(arms):
             values = [100 * c.metric(split, metric) for c in arm.finished if split in c.scores]
             ax.scatter(values, [row] * len(values), s=18, color="0.45", zorder=3)
-            if len(values) > 1:
-                test = paired_t_test(values, [0.0] * len(values))  # the one-sample interval of the mean
+            mean, _, low, high = mean_interval(values)
+            if values and not math.isnan(low):
                 ax.errorbar(
-                    test.mean_difference,
-                    row,
-                    xerr=[[test.mean_difference - test.low], [test.high - test.mean_difference]],
-                    fmt="D",
-                    color="tab:blue",
-                    capsize=3,
-                    zorder=4,
+                    mean, row, xerr=[[mean - low], [high - mean]], fmt="D", color="tab:blue", capsize=3, zorder=4
                 )
             elif values:
-                ax.scatter(values, [row], marker="D", color="tab:blue", zorder=4)
+                ax.scatter([mean], [row], marker="D", color="tab:blue", zorder=4)
         ax.set_yticks(range(len(arms)), [f"{a.name} ({len(a.finished)})" for a in arms])
         ax.invert_yaxis()
         ax.set_xlabel(f"{split} {metric.upper()} (%)")

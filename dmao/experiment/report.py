@@ -75,10 +75,10 @@ def claims_table(result: GridResult) -> Table:
                 claim.claim.name,
                 claim.split,
                 f"{claim.claim.arm} vs {claim.claim.against}",
-                str(len(claim.seeds)),
+                f"{len(claim.seeds)} of {claim.seeds_planned}",
                 f"{_pct(claim.arm_mean)} vs {_pct(claim.reference_mean)}",
                 f"{_signed(test.mean_difference)} {_interval(test.low, test.high)}",
-                _signed(test.relative, 1) + " %",
+                "n/a" if math.isnan(test.relative) else _signed(test.relative, 1) + " %",
                 "n/a" if math.isnan(test.p_value) else f"{test.p_value:.3f}",
                 f"**{claim.verdict}**",
                 _seeds_needed(claim),
@@ -110,6 +110,7 @@ def claims_table(result: GridResult) -> Table:
 
 def bootstrap_table(result: GridResult) -> Table:
     rows = []
+    resamples = next((f"{c.bootstrap.resamples:,}" for c in result.claims if c.bootstrap), "no")
     for claim in result.claims:
         boot = claim.bootstrap
         if boot is None:
@@ -128,9 +129,9 @@ def bootstrap_table(result: GridResult) -> Table:
         f"Second view: paired bootstrap over utterances ({result.spec.metric.upper()})",
         ["claim", "split", "difference, points", "95 % bootstrap interval", "utterances x seeds"],
         rows,
-        "The evaluation set is resampled (10,000 draws, the same draw for both arms and all seeds); the trained "
-        "models are held fixed, so this interval shows test-set noise only, not training noise, and is narrower "
-        "than the seed interval that decides.",
+        f"The evaluation set is resampled ({resamples} draws, the same draw for both arms and all seeds); the "
+        "trained models are held fixed, so this interval shows the evaluation set's noise only, not the training "
+        "noise the seed interval includes.",
     )
 
 
@@ -156,7 +157,8 @@ def arms_table(result: GridResult) -> Table:
         "Arms: mean ± standard deviation over seeds",
         headers,
         rows,
-        "Wall time per cell includes the evaluation; cells ran side by side with another (--jobs).",
+        "Wall time per cell includes the evaluation, on a machine shared by as many cells as the grid's --jobs "
+        "(see 'Grid trained by').",
     )
 
 

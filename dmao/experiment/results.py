@@ -21,7 +21,7 @@ from dmao.analysis.stats import (
     verdict,
 )
 from dmao.data.tokenizer import load_tokenizer
-from dmao.decoding.wer import edit_counts
+from dmao.decoding.wer import characters, edit_counts
 from dmao.experiment.runner import GridPaths, cell_status, read_record
 from dmao.experiment.spec import Cell, ClaimSpec, ExperimentSpec
 from dmao.model import CTCModel
@@ -51,7 +51,7 @@ def read_transcripts(path: Path) -> UtteranceErrors:
         elif rest.startswith("HYP:") and cut_id in references:
             reference, hypothesis = references.pop(cut_id), rest[4:].strip()
             words = edit_counts(reference.split(), hypothesis.split())
-            chars = edit_counts(list(" ".join(reference.split())), list(" ".join(hypothesis.split())))
+            chars = edit_counts(characters(reference), characters(hypothesis))
             errors.words[cut_id] = (words.errors, words.ref_len)
             errors.chars[cut_id] = (chars.errors, chars.ref_len)
         else:
@@ -133,6 +133,9 @@ class ClaimResult:
     split: str
     metric: str
     seeds: list[int]
+    """The seeds both arms finished: the pairs of the test."""
+    seeds_planned: int
+    """The seeds both arms list in the spec."""
     arm_mean: float
     reference_mean: float
     test: PairedTest
@@ -155,6 +158,14 @@ def _bootstrap(arm: list[CellResult], reference: list[CellResult], split: str, m
         return np.array([[c.utterances[split].of(metric)[u][0] for u in common] for c in cells])  # [S, U]
 
     lengths = np.array([tables[0][u][1] for u in common])
+    for cell, table in zip(arm + reference, tables):
+        changed = next((u for u, length in zip(common, lengths) if table[u][1] != length), None)
+        if changed is not None:
+            first = (arm + reference)[0].cell.run_dir
+            raise ValueError(
+                f"{cell.cell.run_dir / f'hyp_{split}.txt'}: utterance {changed} has another reference than in "
+                f"{first}: the arms were not scored on the same audio"
+            )
     if lengths.sum() == 0:
         return None
     return paired_bootstrap(errors(arm), errors(reference), lengths)
@@ -173,6 +184,9 @@ def decide_claim(claim: ClaimSpec, arms: dict[str, ArmResult], split: str, metri
         split=split,
         metric=metric,
         seeds=seeds,
+        seeds_planned=len(
+            {c.cell.seed for c in arms[claim.arm].cells} & {c.cell.seed for c in arms[claim.against].cells}
+        ),
         arm_mean=float(np.mean(arm_values)) if seeds else math.nan,
         reference_mean=test.reference_mean,
         test=test,
