@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dmao.analysis.stats import Summary
 from dmao.device import cpu_name
 from dmao.experiment.figures import plot_errors, plot_layouts, plot_loss_curves, plot_score_distributions
 from dmao.experiment.results import METRICS, ClaimResult, GridResult, collect
@@ -52,7 +53,7 @@ def _signed(value: float, digits: int = 2) -> str:
 
 
 def _interval(low: float, high: float) -> str:
-    return "n/a" if math.isnan(low) or math.isnan(high) else f"[{100 * low:+.2f}, {100 * high:+.2f}]"
+    return "(no interval)" if math.isnan(low) or math.isnan(high) else f"[{100 * low:+.2f}, {100 * high:+.2f}]"
 
 
 def _seeds_needed(claim: ClaimResult) -> str:
@@ -80,7 +81,7 @@ def claims_table(result: GridResult) -> Table:
                 f"{_signed(test.mean_difference)} {_interval(test.low, test.high)}",
                 "n/a" if math.isnan(test.relative) else _signed(test.relative, 1) + " %",
                 "n/a" if math.isnan(test.p_value) else f"{test.p_value:.3f}",
-                f"**{claim.verdict}**",
+                f"**{claim.verdict}**" if claim.seeds else "not run yet",
                 _seeds_needed(claim),
             ]
         )
@@ -148,17 +149,22 @@ def arms_table(result: GridResult) -> Table:
                 summary = arm.summary(split, metric)
                 spread = "" if math.isnan(summary.std) else f" ± {100 * summary.std:.2f}"
                 cells.append("n/a" if not summary.n else f"{_pct(summary.mean)}{spread}")
+        loss = Summary.of([c.final_loss for c in finished])
+        cells.append(
+            "n/a" if not loss.n else f"{loss.mean:.3f}" + ("" if math.isnan(loss.std) else f" ± {loss.std:.3f}")
+        )
         cells.append(f"{sum(walls) / len(walls) / 60:.1f}" if walls else "n/a")
         rows.append(cells)
     headers = ["arm", "what", "seeds done", "parameters"]
     headers += [f"{split} {metric.upper()} %" for split in result.splits for metric in METRICS]
-    headers.append("min per cell")
+    headers += ["final training loss", "min per cell"]
     return Table(
         "Arms: mean ± standard deviation over seeds",
         headers,
         rows,
-        "Wall time per cell includes the evaluation, on a machine shared by as many cells as the grid's --jobs "
-        "(see 'Grid trained by').",
+        "Final training loss: the CTC loss over the last tenth of the steps (a higher one with the same dev error: "
+        "worse fit; the same fit with a higher dev error: worse generalisation). Wall time per cell includes the "
+        "evaluation, on a machine shared by as many cells as the grid's --jobs (see 'Grid trained by').",
     )
 
 

@@ -80,6 +80,16 @@ class CellResult:
     def metric(self, split: str, metric: str) -> float:
         return self.scores.get(split, {}).get(metric, math.nan)
 
+    @property
+    def final_loss(self) -> float:
+        """The training loss over the last tenth of the steps (mean of its logging windows): how well the model fits
+        its training data in the end, beside how well it generalises."""
+        if self.history is None or not self.history.train:
+            return math.nan
+        last = self.history.train[-1]["step"]
+        losses = [r["loss"] for r in self.history.train if r["step"] > 0.9 * last]
+        return sum(losses) / len(losses)
+
 
 def _parameters(history: RunHistory, run_dir: Path, cfg: Any) -> int:
     """Parameters of the run's final model (built from its layout; no weights read)."""
