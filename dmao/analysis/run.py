@@ -124,7 +124,10 @@ def load_run(run_dir: str | Path) -> RunHistory:
         if not model_cfg.layout:
             initial_layout, initial_source = model_cfg.encoder.starting_layout(), config_path.name
         elif events:  # started from another run's layout (model.layout), which may since be gone
-            initial_layout, initial_source = _event_layout(events[0], "layout_before", metrics_path), "event 1"
+            initial_layout, initial_source = (
+                _event_layout(events[0], "layout_before", metrics_path),
+                f"event {events[0]['event']}",
+            )
         else:  # a static run from another run's layout: it ends where it started
             initial_layout, initial_source = final_layout, f"{final_source} (model.layout, no event)"
     elif events:
