@@ -70,6 +70,8 @@ def claims_table(result: GridResult) -> Table:
     metric = result.spec.metric.upper()
     rows = []
     for claim in result.claims:
+        if not claim.seeds:
+            continue
         test = claim.test
         rows.append(
             [
@@ -81,7 +83,7 @@ def claims_table(result: GridResult) -> Table:
                 f"{_signed(test.mean_difference)} {_interval(test.low, test.high)}",
                 "n/a" if math.isnan(test.relative) else _signed(test.relative, 1) + " %",
                 "n/a" if math.isnan(test.p_value) else f"{test.p_value:.3f}",
-                f"**{claim.verdict}**" if claim.seeds else "not run yet",
+                f"**{claim.verdict}**",
                 _seeds_needed(claim),
             ]
         )
@@ -105,8 +107,14 @@ def claims_table(result: GridResult) -> Table:
         "undecided: it straddles zero (for a 'same' check: agree = zero inside the interval). Seeds needed: pairs "
         "for an 80 % chance of a decision at 95 % if the true difference were the observed one (and the paper's "
         "relative effect, where it gives one), at the observed spread of the differences. Each line is its own 95 % "
-        "decision: among many lines where nothing differs, about one in twenty looks decided by chance.",
+        "decision: among many lines where nothing differs, about one in twenty looks decided by chance."
+        + _not_run(result),
     )
+
+
+def _not_run(result: GridResult) -> str:
+    names = list(dict.fromkeys(c.claim.name for c in result.claims if not c.seeds))
+    return f" Not run yet (no pair of finished cells): {'; '.join(names)}." if names else ""
 
 
 def bootstrap_table(result: GridResult) -> Table:
@@ -115,7 +123,6 @@ def bootstrap_table(result: GridResult) -> Table:
     for claim in result.claims:
         boot = claim.bootstrap
         if boot is None:
-            rows.append([claim.claim.name, claim.split, "n/a", "n/a", "0"])
             continue
         rows.append(
             [
@@ -346,6 +353,7 @@ th, td { border: 1px solid #ccc; padding: 3px 5px; text-align: left; vertical-al
          overflow-wrap: anywhere; }
 th { background: #f2f2f2; }
 tr:nth-child(even) td { background: #fafafa; }
+th.short, td.short { white-space: nowrap; overflow-wrap: normal; }
 code { overflow-wrap: anywhere; }
 img { max-width: 100%; height: auto; display: block; }
 p.note, figcaption { color: #555; font-size: 13px; }
@@ -360,16 +368,29 @@ def _inline(text: str) -> str:
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
+def _html_cell(tag: str, text: str, short: bool) -> str:
+    return f'<{tag} class="short">{text}</{tag}>' if short else f"<{tag}>{text}</{tag}>"
+
+
+SHORT_COLUMN = 20
+"""Characters: a column whose header and values are all this short is never wrapped in the HTML report."""
+
+
 def to_html(report: Report) -> str:
     body = [f"<h1>{html.escape(report.title)}</h1>"]
     body += [f"<p>{_inline(p)}</p>" for p in report.preamble]
     for table in report.tables:
         body.append(f"<h2>{html.escape(table.title)}</h2>")
-        body.append(
-            "<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in table.headers) + "</tr></thead>"
-        )
-        body.append("<tbody>")
-        body += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in table.rows]
+        # Columns of short values keep them on one line; the others may wrap anywhere, so no table is wider than
+        # the page (a long path must not make it scroll sideways).
+        short = [max(len(c) for c in column) <= SHORT_COLUMN for column in zip(table.headers, *table.rows)]
+
+        header = "".join(_html_cell("th", html.escape(h), short[i]) for i, h in enumerate(table.headers))
+        body.append(f"<table><thead><tr>{header}</tr></thead><tbody>")
+        body += [
+            "<tr>" + "".join(_html_cell("td", _inline(c), short[i]) for i, c in enumerate(row)) + "</tr>"
+            for row in table.rows
+        ]
         body.append("</tbody></table>")
         if table.note:
             body.append(f'<p class="note">{_inline(table.note)}</p>')
