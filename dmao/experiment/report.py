@@ -353,7 +353,7 @@ th, td { border: 1px solid #ccc; padding: 3px 5px; text-align: left; vertical-al
          overflow-wrap: anywhere; }
 th { background: #f2f2f2; }
 tr:nth-child(even) td { background: #fafafa; }
-th.short, td.short { white-space: nowrap; overflow-wrap: normal; }
+th.short, td.short { overflow-wrap: normal; }
 code { overflow-wrap: anywhere; }
 img { max-width: 100%; height: auto; display: block; }
 p.note, figcaption { color: #555; font-size: 13px; }
@@ -373,7 +373,7 @@ def _html_cell(tag: str, text: str, short: bool) -> str:
 
 
 SHORT_COLUMN = 20
-"""Characters: a column whose header and values are all this short is never wrapped in the HTML report."""
+"""Characters: a column whose header and values are all this short wraps only between words in the HTML report."""
 
 
 def to_html(report: Report) -> str:
@@ -381,8 +381,8 @@ def to_html(report: Report) -> str:
     body += [f"<p>{_inline(p)}</p>" for p in report.preamble]
     for table in report.tables:
         body.append(f"<h2>{html.escape(table.title)}</h2>")
-        # Columns of short values keep them on one line; the others may wrap anywhere, so no table is wider than
-        # the page (a long path must not make it scroll sideways).
+        # Columns of short values wrap between words only; the others anywhere, so that no table is wider than the
+        # page (a long path must not make it scroll sideways) and no short word is split.
         short = [max(len(c) for c in column) <= SHORT_COLUMN for column in zip(table.headers, *table.rows)]
 
         header = "".join(_html_cell("th", html.escape(h), short[i]) for i, h in enumerate(table.headers))
