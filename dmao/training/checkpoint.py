@@ -189,6 +189,10 @@ def load_layout(source: str | Path) -> tuple[Layout, str]:
         except (TypeError, KeyError, ValueError) as err:
             raise CheckpointError(f"{path}: not a layout ({type(err).__name__}: {err})") from None
     chosen, state = open_checkpoint(path)
+    planned = state["config"].get("train", {}).get("steps")
+    if isinstance(planned, int) and state["step"] < planned:
+        log.warning("model.layout: %s is at step %d of its run's %d: not that run's final layout", chosen,
+                    state["step"], planned)  # fmt: skip
     return Layout.from_dict(state["layout"]), f"{chosen} (step {state['step']})"
 
 
