@@ -34,7 +34,8 @@ MODULE_COLORS = {
 }
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` as a PNG at the plots' resolution (:data:`DPI`)."""
     fig.savefig(path, dpi=DPI)
     return path
 
@@ -81,7 +82,7 @@ def plot_layout(history: RunHistory, path: Path) -> Path:
         frameon=False,
     )
     fig.suptitle(f"Groups per layer, initial vs final: {history.name}")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _event_label(history: RunHistory, event: dict[str, Any]) -> str:
@@ -159,7 +160,7 @@ def plot_loss(history: RunHistory, path: Path) -> Path:
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3), fontsize=9, frameon=False)
     fig.suptitle(f"Training loss: {history.name}")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_scores(history: RunHistory, path: Path) -> Path:
@@ -222,7 +223,7 @@ def plot_scores(history: RunHistory, path: Path) -> Path:
         if marked["dropped"] or marked["grown"]:
             ax.legend(loc="best", fontsize=8)
     fig.suptitle(f"Group scores at each event: {history.name}")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:

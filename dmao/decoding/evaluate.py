@@ -111,6 +111,21 @@ def write_transcripts(path: Path, transcripts: list[Transcript]) -> None:
             handle.write(f"{t.cut_id}\tREF: {t.reference}\n{t.cut_id}\tHYP: {t.hypothesis}\n")
 
 
+def read_transcripts(path: Path) -> list[Transcript]:
+    """The transcripts :func:`write_transcripts` wrote; a line out of that pattern is an error naming file and line."""
+    references: dict[str, str] = {}
+    transcripts = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        cut_id, _, rest = line.partition("\t")
+        if rest.startswith("REF:"):
+            references[cut_id] = rest[4:].strip()
+        elif rest.startswith("HYP:") and cut_id in references:
+            transcripts.append(Transcript(cut_id, references.pop(cut_id), rest[4:].strip()))
+        else:
+            raise ValueError(f"{path}:{number}: expected '<id>\\tREF: ...' or its '<id>\\tHYP: ...', got {line!r:.80}")
+    return transcripts
+
+
 def wer_table(evaluations: dict[str, Evaluation]) -> str:
     """Per evaluated set: utterances scored and skipped (unreadable), reference words, WER and CER, as text."""
     width = max([8, *(len(name) for name in evaluations)])

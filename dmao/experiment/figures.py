@@ -10,12 +10,12 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 
-from dmao.analysis.plots import DPI, MODULE_COLORS
+from dmao.analysis.plots import MODULE_COLORS, save_figure
 from dmao.analysis.stats import mean_interval
 from dmao.experiment.results import ArmResult, GridResult
 
 WIDTH = 9.0
-"""Inches: at the report's DPI a figure is as wide as the HTML page's text column."""
+"""Inches: at the plots' DPI a figure is as wide as the HTML page's text column."""
 
 
 def _colors(names: list[str]) -> dict[str, tuple]:
@@ -23,11 +23,6 @@ def _colors(names: list[str]) -> dict[str, tuple]:
 
     palette = colormaps["tab20" if len(names) > 10 else "tab10"]
     return {name: palette(i % palette.N) for i, name in enumerate(names)}
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI)
-    return path
 
 
 def plot_errors(result: GridResult, metric: str, path: Path) -> Path:
@@ -53,7 +48,7 @@ def plot_errors(result: GridResult, metric: str, path: Path) -> Path:
         ax.set_xlabel(f"{split} {metric.upper()} (%)")
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(f"{metric.upper()} per seed (grey) and arm mean with 95 % interval over seeds (blue)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _mean_curve(arm: ArmResult) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -108,7 +103,7 @@ def plot_loss_curves(result: GridResult, path: Path) -> Path:
         zoom.set_title(f"first event (step {first}); dots: single steps", fontsize=10, loc="left")
         zoom.grid(alpha=0.3)
     fig.legend(loc="outside lower center", ncols=min(len(arms), 5), fontsize=8, frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_layouts(result: GridResult, path: Path) -> Path | None:
@@ -151,7 +146,7 @@ def plot_layouts(result: GridResult, path: Path) -> Path | None:
     if image is not None:
         fig.colorbar(image, ax=axes[: len(arms)].tolist(), shrink=0.8, label="groups (start: uniform)")
     fig.suptitle("Final groups per layer (columns: layers 1 to N)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_score_distributions(result: GridResult, path: Path) -> Path | None:
@@ -178,4 +173,4 @@ def plot_score_distributions(result: GridResult, path: Path) -> Path | None:
         ax.set_xticks(range(len(names)), [f"{n} ({len(pooled[n])})" for n in names], fontsize=8)
         ax.set_title(f"{arm.name}: scores at the first event, all seeds", fontsize=9, loc="left")
         ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)

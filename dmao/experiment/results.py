@@ -21,6 +21,7 @@ from dmao.analysis.stats import (
     verdict,
 )
 from dmao.data.tokenizer import load_tokenizer
+from dmao.decoding.evaluate import read_transcripts
 from dmao.decoding.wer import characters, edit_counts
 from dmao.experiment.runner import GridPaths, cell_status, read_record
 from dmao.experiment.spec import Cell, ClaimSpec, ExperimentSpec
@@ -40,22 +41,14 @@ class UtteranceErrors:
         return self.words if metric == "wer" else self.chars
 
 
-def read_transcripts(path: Path) -> UtteranceErrors:
-    """Error counts per utterance from a ``hyp_<split>.txt`` (``<id>\\tREF: ...`` then ``<id>\\tHYP: ...``)."""
-    references: dict[str, str] = {}
+def utterance_errors(path: Path) -> UtteranceErrors:
+    """Error counts per utterance of a run's ``hyp_<split>.txt``."""
     errors = UtteranceErrors()
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        cut_id, _, rest = line.partition("\t")
-        if rest.startswith("REF:"):
-            references[cut_id] = rest[4:].strip()
-        elif rest.startswith("HYP:") and cut_id in references:
-            reference, hypothesis = references.pop(cut_id), rest[4:].strip()
-            words = edit_counts(reference.split(), hypothesis.split())
-            chars = edit_counts(characters(reference), characters(hypothesis))
-            errors.words[cut_id] = (words.errors, words.ref_len)
-            errors.chars[cut_id] = (chars.errors, chars.ref_len)
-        else:
-            raise ValueError(f"{path}:{number}: expected '<id>\\tREF: ...' or its '<id>\\tHYP: ...', got {line!r:.80}")
+    for t in read_transcripts(path):
+        words = edit_counts(t.reference.split(), t.hypothesis.split())
+        chars = edit_counts(characters(t.reference), characters(t.hypothesis))
+        errors.words[t.cut_id] = (words.errors, words.ref_len)
+        errors.chars[t.cut_id] = (chars.errors, chars.ref_len)
     return errors
 
 
@@ -113,7 +106,7 @@ def collect_cell(cell: Cell, paths: GridPaths) -> CellResult:
         if evaluation["step"] == cfg.train.steps:
             result.scores[evaluation["split"]] = {key: evaluation[key] for key in ("wer", "cer", "utterances")}
     for split in cfg.train.eval_splits:
-        result.utterances[split] = read_transcripts(cell.run_dir / f"hyp_{split}.txt")
+        result.utterances[split] = utterance_errors(cell.run_dir / f"hyp_{split}.txt")
     result.parameters = _parameters(result.history, cell.run_dir, cfg)
     return result
 
