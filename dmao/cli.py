@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import re
@@ -83,16 +84,74 @@ def cmd_data_synth(ns: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_data_prepare(ns: argparse.Namespace) -> int:
-    from dmao.data.corpus import load_splits
-    from dmao.training.config import load_run_config
+def _data_config_args(ns: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """``[CONFIG] [key=value]``, or ``CORPUS --corpus-dir DIR [...]``: a recipe corpus named instead of a config."""
+    from dmao.data.corpus import RECIPE_CORPORA
+    from dmao.training.config import resolve_config_path
 
     config, overrides = _split_config_args(ns.args)
+    if config in RECIPE_CORPORA and not Path(config).exists():
+        if not ns.corpus_dir:
+            raise ValueError(f"dmao data {ns.data_command} {config} needs --corpus-dir (the folder you have)")
+        flags = [f"data.corpus={config}", f"data.corpus_dir={ns.corpus_dir}"]
+        flags += [f"data.hub5_dir={ns.hub5_dir}"] if ns.hub5_dir else []
+        flags += [f"data.parts.{split}=[{','.join(names)}]" for split, names in _parts(ns.parts).items()]
+        return None, [*flags, *overrides]
+    if ns.corpus_dir or ns.hub5_dir or ns.parts:
+        resolve_config_path(config or "default")  # a mistyped corpus name reads as a missing config: say so
+        raise ValueError("--corpus-dir, --hub5-dir and --parts go with a corpus name (librispeech, tedlium2, ...)")
+    return config, overrides
+
+
+def _parts(pairs: Sequence[str] | None) -> dict[str, list[str]]:
+    """``--parts train=train-clean-100,train-clean-360 dev=dev-clean``, or plain part names for ``train``."""
+    parts: dict[str, list[str]] = {}
+    for pair in pairs or ():
+        split, _, names = pair.rpartition("=")
+        parts.setdefault(split or "train", []).extend(n for n in names.split(",") if n)
+    return parts
+
+
+def cmd_data_prepare(ns: argparse.Namespace) -> int:
+    from dmao.data.corpus import prepare_corpus
+    from dmao.training.config import load_run_config
+
+    config, overrides = _data_config_args(ns)
     cfg = load_run_config(config, overrides)
     _setup_logging()
-    for split, cuts in load_splits(cfg.data, cfg.model.features.sample_rate, num_jobs=ns.jobs).items():
+    prepared = prepare_corpus(cfg.data, cfg.model.features.sample_rate, num_jobs=ns.jobs)
+    output = Path(ns.output) if ns.output else None
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+    print(f"{'split':<16} {'utts':>8} {'hours':>8} {'dropped':>8}  text rules")
+    for split, cuts in prepared.splits.items():
         hours = sum(c.duration for c in cuts) / 3600
-        print(f"{split}\t{len(cuts)} utterances\t{hours:.2f} h")
+        dropped, rules = prepared.reports[split].dropped, prepared.rules[split].name
+        print(f"{split:<16} {len(cuts):>8} {hours:>8.2f} {dropped:>8}  {rules}")
+        if output is not None:
+            cuts.to_file(output / f"cuts_{split}.jsonl.gz")
+    if config is None:
+        print(f"\ntrain on it with: dmao train RECIPE {' '.join(a for a in overrides if a.startswith('data.'))}")
+    return 0
+
+
+def cmd_data_bpe(ns: argparse.Namespace) -> int:
+    from dmao.data.corpus import prepare_corpus
+    from dmao.data.tokenizer import build_tokenizer
+    from dmao.training.config import load_run_config
+
+    config, overrides = _data_config_args(ns)
+    cfg = load_run_config(config, [*overrides, "data.tokenizer=bpe"] if ns.vocab_size is None else
+                          [*overrides, "data.tokenizer=bpe", f"data.bpe_vocab_size={ns.vocab_size}"])  # fmt: skip
+    _setup_logging()
+    output = Path(ns.output)
+    if output.exists() and any(output.iterdir()):
+        raise ValueError(f"--output {output}: not empty; give a new folder")
+    data = dataclasses.replace(cfg.data, speed_perturb=False)  # perturbed copies repeat the same transcripts
+    texts = [cut.supervisions[0].text for cut in prepare_corpus(data, cfg.model.features.sample_rate).splits["train"]]
+    tokenizer = build_tokenizer("bpe", texts, output, vocab_size=cfg.data.bpe_vocab_size)
+    print(f"{output}: SentencePiece BPE, {tokenizer.vocab_size} units (blank included), from {len(texts)} transcripts")
+    print(f"use it with: data.tokenizer=bpe data.tokenizer_dir={output.resolve()}")
     return 0
 
 
@@ -243,17 +302,50 @@ def build_parser() -> argparse.ArgumentParser:
         description="Corpus tools: synthesise the embedded corpus, or prepare a configured one.",
     )
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    synth = data_sub.add_parser(
+        "synth",
+        help="synthesise the embedded English corpus offline (espeak-ng), cached",
+        description="Synthesise the embedded English corpus offline (espeak-ng), cached.",
+        epilog=EPILOG_OVERRIDES,
+    )
+    synth.add_argument("args", nargs="*", metavar="[CONFIG] [key=value]")
+    synth.add_argument("--jobs", type=int, default=2, help="parallel processes (default 2)")
+    synth.set_defaults(func=cmd_data_synth)
+    corpus_names = "librispeech, tedlium2, switchboard, eval2000"
     for name, func, text in (
-        ("synth", cmd_data_synth, "synthesise the embedded English corpus offline (espeak-ng), cached"),
         (
             "prepare",
             cmd_data_prepare,
-            "prepare and clean the configured corpus (lhotse recipe, manifests, Kaldi dirs) and print its splits",
+            "prepare and clean a corpus and print its splits: a recipe corpus from your folder (CORPUS --corpus-dir "
+            f"DIR; {corpus_names}) or the corpus of a config (lhotse manifests, Kaldi dirs, the embedded one). "
+            "Prepared once, cached in data.cache_dir",
+        ),
+        (
+            "bpe",
+            cmd_data_bpe,
+            "train a SentencePiece BPE tokenizer on a corpus's training transcripts, for data.tokenizer_dir (so a "
+            "DMAO run and its baseline share their output units)",
         ),
     ):
-        action = data_sub.add_parser(name, help=text, description=text + ".", epilog=EPILOG_OVERRIDES)
-        action.add_argument("args", nargs="*", metavar="[CONFIG] [key=value]")
+        action = data_sub.add_parser(name, help=text.split(":")[0], description=text + ".", epilog=EPILOG_OVERRIDES)
+        action.add_argument("args", nargs="*", metavar="CORPUS | [CONFIG] [key=value]")
+        action.add_argument("--corpus-dir", help="with CORPUS: the corpus folder (LibriSpeech, TEDLIUM_release2, ...)")
+        action.add_argument("--hub5-dir", help="with switchboard: the Hub5'00 folder (LDC2002S09 + LDC2002T43)")
+        action.add_argument(
+            "--parts",
+            nargs="+",
+            metavar="[SPLIT=]PART,...",
+            help="with CORPUS: the parts to use (default: every part found); bare names form the train split, e.g. "
+            "--parts train-clean-100 dev-clean=dev-clean",
+        )
         action.add_argument("--jobs", type=int, default=2, help="parallel processes (default 2)")
+        if name == "prepare":
+            action.add_argument("--output", help="also write the clean cut manifests here (cuts_<split>.jsonl.gz)")
+        else:
+            action.add_argument("--output", required=True, help="a new folder for the tokenizer")
+            action.add_argument(
+                "--vocab-size", type=int, help="units, the CTC blank included (default data.bpe_vocab_size)"
+            )
         action.set_defaults(func=func)
 
     ev = sub.add_parser(
@@ -342,7 +434,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from dmao.training.run_dir import RunDirError
 
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    ns, extra = parser.parse_known_args(argv)
+    # argparse stops filling ``args`` at the first option: overrides after an option (--corpus-dir D key=value) belong
+    # there too. Anything else unknown is an error, as parse_args would say.
+    if extra and (not hasattr(ns, "args") or any(e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        ns.args = [*ns.args, *extra]
     ns.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return ns.func(ns)

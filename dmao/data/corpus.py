@@ -9,35 +9,30 @@ dropped and counted, recordings at another sample rate resampled lazily to the r
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from lhotse import CutSet
 
+# SPHERE-IMPORT-PENDING from dmao.data import sphere
 from dmao.data.kaldi import load_kaldi_dir
-from dmao.data.normalize import normalize_text
+from dmao.data.normalize import TextRules, text_rules
 from dmao.data.sources import shell_risks
 from dmao.data.synth import SynthConfig, synthesize_corpus
 
 log = logging.getLogger(__name__)
 
 SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-CorpusName = Literal["embedded", "librispeech", "tedlium2", "switchboard", "manifests", "kaldi"]
-
-# Lhotse recipe names of each corpus's dev and test parts (Switchboard's test set is Hub5'00 = eval2000).
-_RECIPE_SPLITS = {
-    "librispeech": {
-        "train": ("train-clean-100", "train-clean-360", "train-other-500"),
-        "dev": ("dev-other",),
-        "test": ("test-other",),
-    },
-    "tedlium2": {"train": ("train",), "dev": ("dev",), "test": ("test",)},
-}
-# Non-speech markers that corpora write inside transcripts: <unk>, [laughter], {breath}, (()) ...
-_MARKERS = re.compile(r"<[^>]*>|\[[^\]]*\]|\{[^}]*\}|\(\([^)]*\)\)")
+CorpusName = Literal["embedded", "librispeech", "tedlium2", "switchboard", "eval2000", "manifests", "kaldi"]
+TextRulesName = Literal["auto", "plain", "librispeech", "tedlium", "switchboard", "hub5"]
+SPEED_FACTORS = (0.9, 1.1)
+"""``data.speed_perturb``: the speeds of the copies added to the training set (Ko et al., 2015)."""
 
 
 @dataclass
@@ -46,26 +41,48 @@ class DataConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)
     """Recipe of the embedded corpus (``corpus: embedded``)."""
     corpus_dir: str = ""
-    """Audio the user brings, for ``librispeech``/``tedlium2``/``switchboard`` (Switchboard: the LDC97S62 folder)."""
+    """Audio the user brings, for the corpora prepared by a lhotse recipe: the ``LibriSpeech`` folder, the
+    ``TEDLIUM_release2`` folder, Switchboard's LDC97S62 folder, or (``corpus: eval2000``) the folder holding LDC2002S09
+    and LDC2002T43."""
     hub5_dir: str = ""
-    """Hub5'00 (LDC2002S09 + LDC2002T43) for Switchboard's test split."""
+    """``corpus: switchboard``: the Hub5'00 folder (LDC2002S09 + LDC2002T43) for its test sets ``hub5-swb`` and
+    ``hub5-callhome``; empty: no test sets (a warning says so)."""
+    transcripts_dir: str = ""
+    """``corpus: switchboard``: the MS-State transcripts (``swb_ms98_transcriptions``); empty: looked for inside and
+    beside ``corpus_dir``. Nothing is downloaded."""
+    parts: dict[str, list[str]] = field(default_factory=dict)
+    """Recipe corpora: split name -> the corpus parts it is made of, e.g. ``{train: [train-clean-100]}``. Splits not
+    listed keep their default; with nothing listed every part found on disk is used: all training parts form
+    ``train``, and each evaluation part is a split of its own name (LibriSpeech: ``dev-clean``, ``dev-other``,
+    ``test-clean``, ``test-other``)."""
     manifests: dict[str, str] = field(default_factory=dict)
     """``corpus: manifests``/``kaldi``: split name (train, dev, test, or any other) → cut manifest or Kaldi data dir."""
+    normalization: TextRulesName = "auto"
+    """How transcripts become references (``dmao.data.normalize``); ``auto``: the corpus's own convention (``plain``
+    for manifests and Kaldi directories)."""
     cache_dir: str = "~/.cache/dmao"
     """Where the embedded corpus and prepared manifests are written once and reused."""
     tokenizer: Literal["char", "bpe"] = "char"
     bpe_vocab_size: int = 500
+    tokenizer_dir: str = ""
+    """A tokenizer made beforehand (``dmao data bpe``) instead of one trained at the start of the run: runs that share
+    it (a DMAO recipe and its baseline twin) have the same output units."""
     max_duration: float = 200.0
-    """Seconds of audio per batch (dynamic bucketing)."""
+    """Seconds of audio per batch (dynamic bucketing), per data-parallel rank."""
     num_buckets: int = 10
     min_utterance_seconds: float = 0.2
     max_utterance_seconds: float = 20.0
-    """Longer clips are dropped (and counted) when the corpus is prepared."""
+    """Training clips outside [min, max] are dropped (and counted) when the corpus is prepared. Evaluation sets are
+    never cut for length: a long utterance is decoded in a batch of its own."""
+    speed_perturb: bool = False
+    """Add copies of the training set at 0.9x and 1.1x speed (three times the training audio, as in the Kaldi,
+    ESPnet and icefall recipes); the copies are resampled on the fly when read."""
     num_workers: int = 1
     """DataLoader processes that read and decode audio (0: in the training process)."""
     run_audio_commands: bool = False
     """Run the shell commands that audio sources may name (lhotse ``type: command``, Kaldi ``wav.scp`` entries
-    ending in ``|``). Off: such a manifest is refused, since its data could run any program."""
+    ending in ``|``). Off: such a manifest is refused, since its data could run any program (``sph2pipe`` and
+    ``flac`` pipes that only decode a file are read directly instead, without running them)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.max_duration < float("inf"):
@@ -75,17 +92,26 @@ class DataConfig:
         if self.max_utterance_seconds > self.max_duration:
             raise ValueError(
                 f"max_utterance_seconds ({self.max_utterance_seconds}) exceeds max_duration "
-                f"({self.max_duration}): such a clip could never fit in a batch"
+                f"({self.max_duration}): such a training clip could never fit in a batch"
             )
         if self.num_buckets < 1 or self.num_workers < 0 or self.bpe_vocab_size < 2:
             raise ValueError("num_buckets >= 1, num_workers >= 0 and bpe_vocab_size >= 2 are required")
-        if self.corpus in ("librispeech", "tedlium2", "switchboard") and not self.corpus_dir:
+        if self.corpus in RECIPE_CORPORA and not self.corpus_dir:
             raise ValueError(f"corpus {self.corpus!r} needs corpus_dir (the audio you bring)")
-        if self.corpus == "switchboard" and not self.hub5_dir:
-            raise ValueError("corpus 'switchboard' needs hub5_dir for its Hub5'00 test split")
+        if self.parts:
+            if self.corpus not in RECIPE_CORPORA:
+                raise ValueError(f"parts: only for the corpora prepared by a recipe ({', '.join(RECIPE_CORPORA)})")
+            known = RECIPE_CORPORA[self.corpus].part_names()
+            for split, names in self.parts.items():
+                unknown = [n for n in names if n not in known]
+                if unknown or not names:
+                    raise ValueError(
+                        f"parts.{split}: {unknown or 'no parts'} {'are not parts' if unknown else ''} of "
+                        f"{self.corpus} (its parts: {', '.join(known)})"
+                    )
         if self.corpus in ("manifests", "kaldi") and "train" not in self.manifests:
             raise ValueError(f"corpus {self.corpus!r} needs manifests.train (and usually dev, test)")
-        for split in self.manifests:
+        for split in [*self.manifests, *self.parts]:
             if not SPLIT_NAME.fullmatch(split):
                 raise ValueError(
                     f"manifests: split name {split!r} must be letters, digits, '_', '-' or '.' (it names files such "
@@ -93,58 +119,68 @@ class DataConfig:
                 )
 
 
-def normalize_transcript(text: str) -> str:
-    """The scoring normalisation used for every corpus: markers removed, then :func:`normalize_text`."""
-    return normalize_text(_MARKERS.sub(" ", text))
-
-
 @dataclass
 class CleaningReport:
     sample_rate: int
     kept: int = 0
+    unreadable: int = 0
+    """Utterances left out while reading the source (a Kaldi directory's missing or unreadable audio)."""
     empty_transcript: int = 0
     too_short: int = 0
     too_long: int = 0
     resampled: int = 0
 
+    @property
+    def dropped(self) -> int:
+        return self.unreadable + self.empty_transcript + self.too_short + self.too_long
+
     def summary(self) -> str:
         return (
-            f"kept {self.kept}; dropped {self.empty_transcript} with empty transcripts, {self.too_short} shorter "
-            f"and {self.too_long} longer than the limits; {self.resampled} resampled to {self.sample_rate} Hz"
+            f"kept {self.kept}; dropped {self.unreadable} unreadable, {self.empty_transcript} with empty "
+            f"transcripts, {self.too_short} shorter and {self.too_long} longer than the limits; {self.resampled} "
+            f"resampled to {self.sample_rate} Hz"
         )
 
 
-def clean_cuts(cuts: CutSet, cfg: DataConfig, name: str, sample_rate: int) -> tuple[CutSet, CleaningReport]:
-    """One supervision per cut with a normalised, non-empty transcript; duration limits; ``sample_rate``."""
+def clean_cuts(
+    cuts: CutSet,
+    cfg: DataConfig,
+    name: str,
+    sample_rate: int,
+    rules: TextRules | None = None,
+    training: bool = True,
+) -> tuple[CutSet, CleaningReport]:
+    """One supervision per cut with its reference (``rules``, default plain) non-empty; for ``training`` sets the
+    duration limits (and speed perturbation); every cut at ``sample_rate``."""
+    rules = rules or text_rules("plain")
     report = CleaningReport(sample_rate)
     kept = []
     for cut in cuts:
         if not cfg.run_audio_commands:
             _refuse_commands(cut, name)
-        text = normalize_transcript(" ".join(s.text or "" for s in cut.supervisions))
+        text = rules.reference(" ".join(s.text or "" for s in cut.supervisions))
         if not text:
             report.empty_transcript += 1
-            log.warning("%s: cut %s has an empty transcript after normalisation; dropped", name, cut.id)
-            continue
-        if cut.duration < cfg.min_utterance_seconds:
-            report.too_short += 1
-            continue
-        if cut.duration > cfg.max_utterance_seconds:
-            report.too_long += 1
-            log.warning(
-                "%s: cut %s is %.1f s, over max_utterance_seconds=%.1f; dropped",
-                name,
-                cut.id,
-                cut.duration,
-                cfg.max_utterance_seconds,
-            )
+            log.debug("%s: cut %s has an empty transcript after normalisation; dropped", name, cut.id)
             continue
         if cut.sampling_rate != sample_rate:
             cut = cut.resample(sample_rate)
             report.resampled += 1
         cut.supervisions = [replace(cut.supervisions[0], text=text)]
-        kept.append(cut)
-        report.kept += 1
+        variants = [cut]
+        if training and cfg.speed_perturb:
+            variants += [cut.perturb_speed(factor) for factor in SPEED_FACTORS]
+        for variant in variants:
+            if training and variant.duration < cfg.min_utterance_seconds:
+                report.too_short += 1
+            elif training and variant.duration > cfg.max_utterance_seconds:
+                report.too_long += 1
+                log.debug(
+                    "%s: cut %s is %.1f s, over max_utterance_seconds; dropped", name, variant.id, variant.duration
+                )
+            else:
+                kept.append(variant)
+                report.kept += 1
     if not kept:
         raise ValueError(f"{name}: no usable utterance left after cleaning ({report.summary()})")
     return CutSet.from_cuts(kept), report
@@ -160,68 +196,269 @@ def _refuse_commands(cut, name: str) -> None:
         )
 
 
-def _cuts_from_manifests(manifests: dict) -> CutSet:
+def _cuts(manifests: dict) -> CutSet:
     cuts = CutSet.from_manifests(recordings=manifests["recordings"], supervisions=manifests["supervisions"])
     return cuts.trim_to_supervisions(keep_overlapping=False)
 
 
-def _recipe_splits(cfg: DataConfig, cache: Path) -> dict[str, CutSet]:
-    """Raw cuts of a lhotse recipe over the user's audio; lhotse writes its manifests under ``cache``."""
-    from lhotse import recipes
+def _existing_dir(path: str, what: str) -> Path:
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{what}: {directory} is not a directory")
+    return directory
 
-    out = cache / cfg.corpus
-    if cfg.corpus == "switchboard":
-        train = _cuts_from_manifests(recipes.prepare_switchboard(cfg.corpus_dir, output_dir=out))
-        # Switchboard has no official dev set: hold out every 100th conversation side.
-        recordings = sorted({c.recording_id for c in train})
-        held_out = set(recordings[::100])
-        return {
-            "train": train.filter(lambda c: c.recording_id not in held_out).to_eager(),
-            "dev": train.filter(lambda c: c.recording_id in held_out).to_eager(),
-            "test": _cuts_from_manifests(recipes.prepare_eval2000(cfg.hub5_dir, output_dir=out / "eval2000")),
-        }
-    prepare = recipes.prepare_librispeech if cfg.corpus == "librispeech" else recipes.prepare_tedlium2
-    parts = _RECIPE_SPLITS[cfg.corpus]
-    names = [p for split_parts in parts.values() for p in split_parts]
-    root_key = "corpus_dir" if cfg.corpus == "librispeech" else "tedlium_root"
-    prepared = prepare(**{root_key: cfg.corpus_dir}, dataset_parts=names, output_dir=out, num_jobs=cfg.num_workers or 1)
-    splits = {}
-    for split, split_parts in parts.items():
-        missing = [p for p in split_parts if p not in prepared]
+
+@dataclass(frozen=True)
+class Part:
+    name: str
+    training: bool
+    """A training part (joined into ``train`` by default) or an evaluation set (a split of its own name)."""
+    rules: str
+    """Its transcripts' conventions (a ``dmao.data.normalize.TEXT_RULES`` name)."""
+
+
+@dataclass(frozen=True)
+class RecipeCorpus:
+    """A corpus read by a lhotse recipe from the user's folder: its parts, which of them are on disk, and how to
+    read the ones asked for (raw cuts, before cleaning)."""
+
+    name: str
+    parts: tuple[Part, ...]
+    found: Callable[[DataConfig], list[str]]
+    read: Callable[[DataConfig, Path, list[str], int], dict[str, CutSet]]
+
+    def part_names(self) -> list[str]:
+        return [p.name for p in self.parts]
+
+    def part(self, name: str) -> Part:
+        return next(p for p in self.parts if p.name == name)
+
+    def splits(self, cfg: DataConfig) -> dict[str, list[str]]:
+        """Split name -> parts: ``cfg.parts`` over the default made of the parts found on disk."""
+        found = self.found(cfg)
+        default = {"train": [p.name for p in self.parts if p.training and p.name in found]}
+        default.update({p.name: [p.name] for p in self.parts if not p.training and p.name in found})
+        splits = {split: parts for split, parts in default.items() if parts} | cfg.parts
+        where = cfg.corpus_dir if cfg.corpus != "switchboard" else f"{cfg.corpus_dir} / {cfg.hub5_dir or '-'}"
+        missing = sorted({p for parts in splits.values() for p in parts} - set(found))
         if missing:
-            raise FileNotFoundError(f"{cfg.corpus_dir}: parts {missing} of {cfg.corpus} were not found")
-        cut_sets = [_cuts_from_manifests(prepared[p]) for p in split_parts]
-        splits[split] = cut_sets[0] if len(cut_sets) == 1 else CutSet.from_cuts(c for cs in cut_sets for c in cs)
-    return splits
+            raise FileNotFoundError(
+                f"{where}: {self.name} parts {missing} are not there (found: {', '.join(found) or 'none'})"
+            )
+        if "train" not in splits and self.name != "eval2000":
+            training = [p.name for p in self.parts if p.training]
+            raise FileNotFoundError(
+                f"{where}: no training part of {self.name} found (looked for {', '.join(training)}; found: "
+                f"{', '.join(found) or 'none'}); list the parts to use in data.parts"
+            )
+        return splits
 
 
-def _load_given(cfg: DataConfig) -> dict[str, CutSet]:
-    splits = {}
+def _subdirs(cfg: DataConfig) -> list[str]:
+    directory = _existing_dir(cfg.corpus_dir, "data.corpus_dir")
+    return sorted(p.name for p in directory.iterdir() if p.is_dir())
+
+
+def _read_librispeech(cfg: DataConfig, out: Path, parts: list[str], jobs: int) -> dict[str, CutSet]:
+    from lhotse.recipes import prepare_librispeech
+
+    prepared = prepare_librispeech(cfg.corpus_dir, dataset_parts=parts, output_dir=out, num_jobs=jobs)
+    return {part: _cuts(prepared[part]) for part in parts}
+
+
+def _read_tedlium2(cfg: DataConfig, out: Path, parts: list[str], jobs: int) -> dict[str, CutSet]:
+    from lhotse.recipes import prepare_tedlium2
+
+    prepared = prepare_tedlium2(cfg.corpus_dir, output_dir=out, dataset_parts=parts, num_jobs=jobs)
+    return {part: _cuts(prepared[part]) for part in parts}
+
+
+def _tedlium2_found(cfg: DataConfig) -> list[str]:
+    root = _existing_dir(cfg.corpus_dir, "data.corpus_dir")
+    return [p for p in ("train", "dev", "test") if (root / p / "sph").is_dir() and (root / p / "stm").is_dir()]
+
+
+def _switchboard_transcripts(cfg: DataConfig) -> Path:
+    if cfg.transcripts_dir:
+        return _existing_dir(cfg.transcripts_dir, "data.transcripts_dir")
+    audio = Path(cfg.corpus_dir).expanduser()
+    for candidate in (audio / "swb_ms98_transcriptions", audio.parent / "swb_ms98_transcriptions"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(
+        f"{audio}: the Switchboard MS-State transcripts (swb_ms98_transcriptions) are neither inside nor beside it; "
+        f"set data.transcripts_dir (nothing is downloaded)"
+    )
+
+
+def _switchboard_found(cfg: DataConfig) -> list[str]:
+    audio = _existing_dir(cfg.corpus_dir, "data.corpus_dir")
+    found = ["train", "dev"] if next(audio.rglob("*.sph"), None) else []
+    if cfg.hub5_dir:
+        found += _eval2000_found(replace(cfg, corpus_dir=cfg.hub5_dir))
+    return found
+
+
+def _read_switchboard(cfg: DataConfig, out: Path, parts: list[str], jobs: int) -> dict[str, CutSet]:
+    from lhotse.recipes import prepare_switchboard
+
+    cuts: dict[str, CutSet] = {}
+    if {"train", "dev"} & set(parts):
+        prepared = prepare_switchboard(
+            cfg.corpus_dir, transcripts_dir=_switchboard_transcripts(cfg), output_dir=out, absolute_paths=True
+        )
+        train = _cuts(prepared)
+        # Switchboard has no official dev set: hold out every 100th conversation.
+        held_out = set(sorted({c.recording_id for c in train})[::100])
+        cuts["train"] = train.filter(lambda c: c.recording_id not in held_out).to_eager()
+        cuts["dev"] = train.filter(lambda c: c.recording_id in held_out).to_eager()
+    hub5 = [p for p in parts if p.startswith("hub5")]
+    if hub5:
+        cuts |= _read_eval2000(replace(cfg, corpus_dir=cfg.hub5_dir), out / "eval2000", hub5, jobs)
+    return {part: cuts[part] for part in parts}
+
+
+_HUB5_SUBSETS = {"hub5-swb": "sw", "hub5-callhome": "en"}  # Hub5'00 recording ids: sw_4390 (Switchboard), en_4156
+
+
+def _eval2000_found(cfg: DataConfig) -> list[str]:
+    root = _existing_dir(cfg.corpus_dir, "Hub5'00 folder")
+    audio = root / "LDC2002S09" / "hub5e_00" / "english"
+    if not audio.is_dir() or not (root / "LDC2002T43" / "reference" / "english").is_dir():
+        return []
+    stems = {p.stem for p in audio.glob("*.sph")}
+    return [name for name, prefix in _HUB5_SUBSETS.items() if any(s.startswith(prefix) for s in stems)]
+
+
+def _read_eval2000(cfg: DataConfig, out: Path, parts: list[str], jobs: int) -> dict[str, CutSet]:
+    from lhotse.recipes import prepare_eval2000
+
+    cuts = _cuts(prepare_eval2000(cfg.corpus_dir, output_dir=out, absolute_paths=True, num_jobs=jobs))
+    return {
+        part: cuts.filter(lambda c, prefix=_HUB5_SUBSETS[part]: c.recording_id.startswith(prefix)).to_eager()
+        for part in parts
+    }
+
+
+_LIBRISPEECH_TRAIN = ("train-clean-100", "train-clean-360", "train-other-500", "train-clean-5")
+_LIBRISPEECH_EVAL = ("dev-clean", "dev-other", "test-clean", "test-other", "dev-clean-2")
+_HUB5 = tuple(Part(name, training=False, rules="hub5") for name in _HUB5_SUBSETS)
+
+RECIPE_CORPORA: dict[str, RecipeCorpus] = {
+    corpus.name: corpus
+    for corpus in (
+        RecipeCorpus(
+            "librispeech",
+            tuple(Part(p, True, "librispeech") for p in _LIBRISPEECH_TRAIN)
+            + tuple(Part(p, False, "librispeech") for p in _LIBRISPEECH_EVAL),
+            _subdirs,
+            _read_librispeech,
+        ),
+        RecipeCorpus(
+            "tedlium2",
+            (Part("train", True, "tedlium"), Part("dev", False, "tedlium"), Part("test", False, "tedlium")),
+            _tedlium2_found,
+            _read_tedlium2,
+        ),
+        RecipeCorpus(
+            "switchboard",
+            (Part("train", True, "switchboard"), Part("dev", False, "switchboard"), *_HUB5),
+            _switchboard_found,
+            _read_switchboard,
+        ),
+        RecipeCorpus("eval2000", _HUB5, _eval2000_found, _read_eval2000),
+    )
+}
+"""Everything the code knows about each recipe corpus; nothing else names their parts."""
+
+PREPARED_FORMAT = 1
+"""Bumped when what is cached for a recipe corpus changes; an older cache is then prepared again."""
+
+
+def _prepared_dir(cfg: DataConfig) -> Path:
+    """The cache folder of one corpus copy: a changed folder (or Hub5'00/transcripts folder) is prepared anew."""
+    sources = [str(Path(p).expanduser().resolve()) if p else "" for p in (cfg.corpus_dir, cfg.hub5_dir,
+               cfg.transcripts_dir)]  # fmt: skip
+    key = hashlib.sha256(json.dumps([PREPARED_FORMAT, cfg.corpus, *sources]).encode()).hexdigest()[:12]
+    return Path(cfg.cache_dir).expanduser() / "prepared" / f"{cfg.corpus}-{key}"
+
+
+def _recipe_parts(cfg: DataConfig, wanted: list[str], num_jobs: int) -> dict[str, CutSet]:
+    """Raw cuts of each wanted part, read by the lhotse recipe once and cached as cut manifests."""
+    corpus = RECIPE_CORPORA[cfg.corpus]
+    out = _prepared_dir(cfg)
+    cached = {part: out / f"cuts_{part}.jsonl.gz" for part in wanted}
+    todo = [part for part, path in cached.items() if not path.is_file()]
+    if todo:
+        work = out / "lhotse"
+        work.mkdir(parents=True, exist_ok=True)  # recipes such as tedlium2 do not create it
+        log.info("%s: preparing %s from %s (once; cached in %s)", cfg.corpus, ", ".join(todo), cfg.corpus_dir, out)
+        for part, cuts in corpus.read(cfg, work, todo, num_jobs).items():
+            partial = cached[part].with_name(f".partial-{cached[part].name}")  # lhotse compresses by the suffix
+            cuts.to_file(partial)
+            partial.replace(cached[part])  # a killed preparation leaves no half-written manifest behind
+    return {part: CutSet.from_file(path).to_eager() for part, path in cached.items()}
+
+
+def _load_given(cfg: DataConfig) -> tuple[dict[str, CutSet], dict[str, int]]:
+    """Cut sets of ``data.manifests``, and per split the utterances a Kaldi directory could not provide."""
+    splits, unreadable = {}, {}
     for split, location in cfg.manifests.items():
         path = Path(location).expanduser()
         if not path.exists():
             raise FileNotFoundError(f"data.manifests.{split}: {path} does not exist")
         if cfg.corpus == "kaldi":
             splits[split], report = load_kaldi_dir(path, run_commands=cfg.run_audio_commands)
+            unreadable[split] = report.utterances_skipped
             log.info("kaldi/%s: %s", split, report.summary())
         else:
             splits[split] = CutSet.from_file(path)
-    return splits
+    return splits, unreadable
+
+
+@dataclass
+class PreparedCorpus:
+    """Clean cut sets per split, what cleaning left out of each, and the text rules each was normalised with."""
+
+    splits: dict[str, CutSet]
+    reports: dict[str, CleaningReport]
+    rules: dict[str, TextRules]
+
+
+def prepare_corpus(cfg: DataConfig, sample_rate: int, num_jobs: int = 2, progress: bool = True) -> PreparedCorpus:
+    """Every split of the configured corpus, cleaned, at ``sample_rate`` (built or prepared on first use)."""
+    unreadable: dict[str, int] = {}
+    if cfg.corpus == "embedded":
+        cache = Path(cfg.cache_dir).expanduser() / "embedded"
+        paths = synthesize_corpus(cfg.synth, cache, sample_rate, num_jobs=num_jobs, progress=progress)
+        raw = {split: CutSet.from_file(path) for split, path in paths.items()}
+        split_rules = dict.fromkeys(raw, "plain")
+    elif cfg.corpus in ("manifests", "kaldi"):
+        raw, unreadable = _load_given(cfg)
+        split_rules = dict.fromkeys(raw, "plain")
+    else:
+        corpus = RECIPE_CORPORA[cfg.corpus]
+        splits = corpus.splits(cfg)
+        if cfg.corpus == "switchboard" and not any(p.startswith("hub5") for parts in splits.values() for p in parts):
+            log.warning("switchboard: no Hub5'00 test sets (set data.hub5_dir to the LDC2002S09 + LDC2002T43 folder)")
+        cuts = _recipe_parts(cfg, sorted({p for parts in splits.values() for p in parts}), num_jobs)
+        raw = {split: _joined([cuts[p] for p in parts]) for split, parts in splits.items()}
+        split_rules = {split: corpus.part(parts[0]).rules for split, parts in splits.items()}
+    prepared = PreparedCorpus({}, {}, {})
+    for split, cuts in raw.items():
+        rules = text_rules(split_rules[split] if cfg.normalization == "auto" else cfg.normalization)
+        name = f"{cfg.corpus}/{split}"
+        prepared.splits[split], report = clean_cuts(cuts, cfg, name, sample_rate, rules, training=split == "train")
+        report.unreadable = unreadable.get(split, 0)
+        prepared.reports[split], prepared.rules[split] = report, rules
+        log.info("%s: %s", name, report.summary())
+    return prepared
+
+
+def _joined(cut_sets: list[CutSet]) -> CutSet:
+    return cut_sets[0] if len(cut_sets) == 1 else CutSet.from_cuts(c for cuts in cut_sets for c in cuts)
 
 
 def load_splits(cfg: DataConfig, sample_rate: int, num_jobs: int = 2, progress: bool = True) -> dict[str, CutSet]:
-    """Clean in-memory cut sets at ``sample_rate`` for every split of the configured corpus (built or prepared on
-    first use)."""
-    cache = Path(cfg.cache_dir).expanduser()
-    if cfg.corpus == "embedded":
-        paths = synthesize_corpus(cfg.synth, cache / "embedded", sample_rate, num_jobs=num_jobs, progress=progress)
-        raw = {split: CutSet.from_file(path) for split, path in paths.items()}
-    elif cfg.corpus in ("manifests", "kaldi"):
-        raw = _load_given(cfg)
-    else:
-        raw = _recipe_splits(cfg, cache)
-    splits = {}
-    for split, cuts in raw.items():
-        splits[split], report = clean_cuts(cuts, cfg, f"{cfg.corpus}/{split}", sample_rate)
-        log.info("%s/%s: %s", cfg.corpus, split, report.summary())
-    return splits
+    """The clean cut sets of :func:`prepare_corpus`."""
+    return prepare_corpus(cfg, sample_rate, num_jobs, progress).splits

@@ -7,7 +7,10 @@ that ``wav.scp`` does not have. Skipped with a count and the first examples (the
 sound): a missing, empty or unreadable audio file, an utterance without a transcript, a transcript without audio.
 
 A ``wav.scp`` entry ending in ``|`` is a shell command whose output is the audio; it is run only with
-``run_commands`` (``data.run_audio_commands``), never by default: a data directory must not be able to run code.
+``run_commands`` (``data.run_audio_commands``), never by default: a data directory must not be able to run code. The
+pipes the standard Kaldi recipes write only to decode a file (``sph2pipe -f wav -p -c 2 X.sph |``, ``flac -c -d -s
+X.flac |``) are not run at all: the file is read directly (SPHERE by ``dmao.data.sphere``), its channel selected, so
+neither the program nor the opt-in is needed.
 Durations and sample rates come from the audio files themselves (``reco2dur`` is only cross-checked), so a
 directory of 8 kHz audio reads as 8 kHz and is resampled later, not mistaken for broken 16 kHz files.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import shlex
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +47,8 @@ class KaldiReport:
     """What was left out, with the first few examples of each kind."""
 
     skipped: dict[str, list[str]] = field(default_factory=dict)
+    utterances_skipped: int = 0
+    """Transcribed utterances that did not become a cut (their audio was missing, unreadable or not listed)."""
 
     def skip(self, kind: str, example: str) -> None:
         self.skipped.setdefault(kind, []).append(example)
@@ -87,8 +93,9 @@ def _command_recording(recording_id: str, command: str, where: str) -> Recording
     """Run a ``wav.scp`` pipe command once to learn its audio's rate and length."""
     done = subprocess.run(command, shell=True, capture_output=True, check=False)
     if done.returncode != 0:
+        missing = "; a program it runs is not installed (exit status 127)" if done.returncode == 127 else ""
         raise OSError(
-            f"{where}: the command for {recording_id!r} failed ({done.stderr.decode(errors='replace')[:200]})"
+            f"{where}: the command for {recording_id!r} failed{missing} ({done.stderr.decode(errors='replace')[:200]})"
         )
     info = soundfile.info(io.BytesIO(done.stdout))
     return Recording(
@@ -100,13 +107,53 @@ def _command_recording(recording_id: str, command: str, where: str) -> Recording
     )
 
 
-def _recordings(directory: Path, run_commands: bool, report: KaldiReport) -> dict[str, Recording]:
+def decoded_file(command: str) -> tuple[str, int | None] | None:
+    """``(file, channel or None)`` when a pipe command only decodes one file: ``sph2pipe [-f wav|rif] [-p] [-c N]
+    FILE`` or ``flac -c -d [-s] FILE`` (any install path); ``None`` for anything else."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    if not words:
+        return None
+    program, args, channel = Path(words[0]).name, words[1:], None
+    if program == "sph2pipe":
+        options = {"-p": 0, "-f": 1, "-c": 1}  # option -> number of values it takes
+    elif program == "flac":
+        options = {"-c": 0, "-d": 0, "-s": 0, "--decode": 0, "--stdout": 0, "--silent": 0}
+    else:
+        return None
+    i = 0
+    while i < len(args) - 1:
+        option = args[i]
+        if option not in options:
+            return None
+        if option == "-f" and args[i + 1] not in ("wav", "rif"):
+            return None
+        if option == "-c" and program == "sph2pipe":
+            if not args[i + 1].isdigit() or int(args[i + 1]) < 1:
+                return None
+            channel = int(args[i + 1]) - 1  # sph2pipe counts channels from 1
+        i += 1 + options[option]
+    if i != len(args) - 1 or args[-1].startswith("-"):
+        return None
+    return args[-1], channel
+
+
+def _recordings(
+    directory: Path, run_commands: bool, report: KaldiReport
+) -> tuple[dict[str, Recording], dict[str, int]]:
+    """Readable recordings of ``wav.scp``, and the channel their utterances are on (a decode pipe may pick one)."""
     wav_scp = directory / "wav.scp"
-    recordings = {}
+    recordings, channels = {}, {}
     for recording_id, entry in read_table(wav_scp, required=True).items():
         where = f"{wav_scp}:{entry.line}"
-        if entry.value.endswith("|"):
-            command = entry.value[:-1].strip()
+        value, channel = entry.value, 0
+        if value.endswith("|") and (decoded := decoded_file(value[:-1])) is not None:
+            value, picked = decoded
+            channel = picked or 0
+        if value.endswith("|"):
+            command = value[:-1].strip()
             if not run_commands:
                 raise ValueError(
                     f"{where}: recording {recording_id!r} is read by running the shell command {command!r}; refused. "
@@ -118,7 +165,7 @@ def _recordings(directory: Path, run_commands: bool, report: KaldiReport) -> dic
             except (OSError, RuntimeError, soundfile.LibsndfileError) as err:
                 report.skip("unreadable recordings", f"{recording_id} ({err})")
             continue
-        path = Path(entry.value)
+        path = Path(value)
         if not path.is_absolute() and not path.exists():  # relative to where Kaldi ran, else to the directory
             path = directory / path
         risk = shell_risk("file", str(path))
@@ -126,13 +173,18 @@ def _recordings(directory: Path, run_commands: bool, report: KaldiReport) -> dic
             raise ValueError(f"{where}: recording {recording_id!r} {risk}; refused (data.run_audio_commands=true "
                              f"allows it)")  # fmt: skip
         if not path.is_file() or path.stat().st_size == 0:
-            report.skip("missing or empty audio files", f"{recording_id} ({entry.value}, {where})")
+            report.skip("missing or empty audio files", f"{recording_id} ({value}, {where})")
             continue
         try:
-            recordings[recording_id] = Recording.from_file(path, recording_id=recording_id)
+            recording = Recording.from_file(path, recording_id=recording_id)
         except Exception as err:  # any decoder failure means the same: skip this file
-            report.skip("unreadable audio files", f"{recording_id} ({entry.value}: {type(err).__name__})")
-    return recordings
+            report.skip("unreadable audio files", f"{recording_id} ({value}: {type(err).__name__})")
+            continue
+        if channel >= recording.num_channels:
+            raise ValueError(f"{where}: {recording_id!r} asks for channel {channel + 1} of {path}, which has "
+                             f"{recording.num_channels}")  # fmt: skip
+        recordings[recording_id], channels[recording_id] = recording, channel
+    return recordings, channels
 
 
 def _segments(directory: Path, recordings: dict[str, Recording], known: set[str], report: KaldiReport):
@@ -176,7 +228,7 @@ def load_kaldi_dir(directory: str | Path, run_commands: bool = False) -> tuple[C
         raise FileNotFoundError(f"{directory}: not a Kaldi data directory (no such directory)")
     report = KaldiReport()
     known = set(read_table(directory / "wav.scp", required=True))
-    recordings = _recordings(directory, run_commands, report)
+    recordings, channels = _recordings(directory, run_commands, report)
     texts = read_table(directory / "text", required=True, allow_empty_value=True)
     speakers = read_table(directory / "utt2spk")
     for recording_id, entry in read_table(directory / "reco2dur").items():
@@ -209,7 +261,7 @@ def load_kaldi_dir(directory: str | Path, run_commands: bool = False) -> tuple[C
                 recording_id=recording_id,
                 start=start,
                 duration=end - start,
-                channel=0,
+                channel=channels.get(recording_id, 0),
                 text=texts[utterance_id].value,
                 speaker=speaker,
             )
@@ -217,6 +269,7 @@ def load_kaldi_dir(directory: str | Path, run_commands: bool = False) -> tuple[C
     for utterance_id in texts:
         if utterance_id not in listed:
             report.skip("transcripts without audio", utterance_id)
+    report.utterances_skipped = len(texts) - len(supervisions)
     if not supervisions:
         raise ValueError(f"{directory}: no utterance has both readable audio and a transcript ({report.summary()})")
     used = {s.recording_id for s in supervisions}
