@@ -205,3 +205,67 @@ def test_a_command_nested_in_a_transform_is_refused(tmp_path):
     with pytest.raises(ValueError, match="runs the shell command"):
         clean_cuts(CutSet.from_cuts([cut]), DataConfig(), "m.jsonl", sample_rate=8000)
     assert not witness.exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "decoded"),
+    [
+        ("sph2pipe -f wav -p -c 2 /d/sw02001.sph", ("/d/sw02001.sph", 1)),
+        ("/opt/kaldi/tools/sph2pipe_v2.5/sph2pipe -f rif -p /d/a.sph", ("/d/a.sph", None)),
+        ("flac -c -d -s '/d/with space.flac'", ("/d/with space.flac", None)),
+        ("sph2pipe -f wav -p -c 2 /d/a.sph; rm -rf /", None),  # more than a decoder: not ours to read
+        ("sph2pipe -f mp3 /d/a.sph", None),
+        ("sox /d/a.wav -t wav -", None),
+        ("sph2pipe -c 0 /d/a.sph", None),
+        ("flac -c -d", None),
+    ],
+)
+def test_decode_pipes_are_recognised_and_nothing_else(command, decoded):
+    from dmao.data.kaldi import decoded_file
+
+    assert decoded_file(command) == decoded
+
+
+def test_a_decode_pipe_is_read_directly_on_its_channel_without_running_it(tmp_path, monkeypatch):
+    """Kaldi's Switchboard and Hub5 recipes write ``sph2pipe -f wav -p -c N file |``: the file is read, with no
+    program and no opt-in, each side on its own channel."""
+    directory = tmp_path / "data"
+    directory.mkdir()
+    left, right = 0.5 * np.ones(8000, dtype=np.float32), -0.25 * np.ones(8000, dtype=np.float32)
+    stereo = tmp_path / "conv.flac"
+    sf.write(stereo, np.stack([left, right], axis=1), 8000)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-programs-here"))
+    write(directory / "wav.scp", [f"conv-A sph2pipe -f wav -p -c 1 {stereo} |", f"conv-B sph2pipe -c 2 {stereo} |"])
+    write(directory / "text", ["conv-A HELLO", "conv-B BYE"])
+    cuts, report = load_kaldi_dir(directory)
+    audio = {c.id: c.load_audio() for c in cuts}
+    assert report.summary() == "nothing skipped"
+    assert audio["conv-A"].shape == (1, 8000) and np.allclose(audio["conv-A"], 0.5, atol=1e-3)
+    assert np.allclose(audio["conv-B"], -0.25, atol=1e-3)
+
+
+def test_a_decode_pipe_asking_for_a_channel_the_file_lacks_is_named(tmp_path):
+    directory = data_dir(tmp_path, segments=False)
+    write(directory / "wav.scp", [f"rec1 sph2pipe -f wav -p -c 2 {tmp_path / 'rec1.wav'} |"])
+    write(directory / "text", ["rec1 HELLO"])
+    with pytest.raises(ValueError, match=r"wav.scp:1: 'rec1' asks for channel 2 of .*rec1.wav, which has 1"):
+        load_kaldi_dir(directory)
+
+
+def test_a_pipe_whose_program_is_missing_says_so(tmp_path):
+    directory = data_dir(tmp_path, segments=False)
+    write(directory / "wav.scp", [f"rec1 no-such-decoder {tmp_path / 'rec1.wav'} |", f"rec2 {tmp_path / 'rec2.wav'}"])
+    _, report = load_kaldi_dir(directory, run_commands=True)
+    assert "a program it runs is not installed" in report.summary()
+
+
+def test_utterances_lost_while_reading_are_counted_for_the_wer_table(tmp_path):
+    """The WER table shows what preparation left out: here rec2's two utterances, whose audio is missing."""
+    from dmao.data.corpus import prepare_corpus
+
+    directory = data_dir(tmp_path)
+    (tmp_path / "rec2.wav").unlink()
+    cfg = DataConfig(corpus="kaldi", manifests={"train": str(directory)}, cache_dir=str(tmp_path / "cache"))
+    prepared = prepare_corpus(cfg, 16000, progress=False)
+    assert len(prepared.splits["train"]) == 2 and prepared.reports["train"].unreadable == 2
+    assert prepared.reports["train"].dropped == 2
