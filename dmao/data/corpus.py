@@ -10,6 +10,7 @@ dropped and counted, recordings at another sample rate resampled lazily to the r
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import re
@@ -20,7 +21,7 @@ from typing import Literal
 
 from lhotse import CutSet
 
-# SPHERE-IMPORT-PENDING from dmao.data import sphere
+from dmao.data import sphere  # noqa: F401  (installs the SPHERE reader: lhotse then needs no sph2pipe)
 from dmao.data.kaldi import load_kaldi_dir
 from dmao.data.normalize import TextRules, text_rules
 from dmao.data.sources import shell_risks
@@ -293,7 +294,8 @@ def _switchboard_transcripts(cfg: DataConfig) -> Path:
 
 def _switchboard_found(cfg: DataConfig) -> list[str]:
     audio = _existing_dir(cfg.corpus_dir, "data.corpus_dir")
-    found = ["train", "dev"] if next(audio.rglob("*.sph"), None) else []
+    conversations = len(list(itertools.islice(audio.rglob("*.sph"), 2)))
+    found = ["train", "dev"][:conversations]  # dev is held out of train: it needs a second conversation
     if cfg.hub5_dir:
         found += _eval2000_found(replace(cfg, corpus_dir=cfg.hub5_dir))
     return found
@@ -308,10 +310,12 @@ def _read_switchboard(cfg: DataConfig, out: Path, parts: list[str], jobs: int) -
             cfg.corpus_dir, transcripts_dir=_switchboard_transcripts(cfg), output_dir=out, absolute_paths=True
         )
         train = _cuts(prepared)
-        # Switchboard has no official dev set: hold out every 100th conversation.
-        held_out = set(sorted({c.recording_id for c in train})[::100])
-        cuts["train"] = train.filter(lambda c: c.recording_id not in held_out).to_eager()
-        cuts["dev"] = train.filter(lambda c: c.recording_id in held_out).to_eager()
+        # Switchboard has no official dev set: hold out every 100th conversation (24 of LDC97S62's 2,438), or the
+        # last one of a smaller folder.
+        conversations = sorted({c.recording_id for c in train})
+        held_out = set(conversations[99::100] or conversations[-1:]) if len(conversations) > 1 else set()
+        cuts["train"] = CutSet.from_cuts(c for c in train if c.recording_id not in held_out)
+        cuts["dev"] = CutSet.from_cuts(c for c in train if c.recording_id in held_out)
     hub5 = [p for p in parts if p.startswith("hub5")]
     if hub5:
         cuts |= _read_eval2000(replace(cfg, corpus_dir=cfg.hub5_dir), out / "eval2000", hub5, jobs)
@@ -321,10 +325,17 @@ def _read_switchboard(cfg: DataConfig, out: Path, parts: list[str], jobs: int) -
 _HUB5_SUBSETS = {"hub5-swb": "sw", "hub5-callhome": "en"}  # Hub5'00 recording ids: sw_4390 (Switchboard), en_4156
 
 
+def _hub5_references(root: Path) -> Path | None:
+    """LDC2002T43's ``reference/english`` folder: directly under it, or under the tarball's own top folder."""
+    transcripts = root / "LDC2002T43"
+    candidates = [transcripts / "reference" / "english", *sorted(transcripts.glob("*/reference/english"))]
+    return next((c for c in candidates if c.is_dir()), None)
+
+
 def _eval2000_found(cfg: DataConfig) -> list[str]:
     root = _existing_dir(cfg.corpus_dir, "Hub5'00 folder")
     audio = root / "LDC2002S09" / "hub5e_00" / "english"
-    if not audio.is_dir() or not (root / "LDC2002T43" / "reference" / "english").is_dir():
+    if not audio.is_dir() or _hub5_references(root) is None:
         return []
     stems = {p.stem for p in audio.glob("*.sph")}
     return [name for name, prefix in _HUB5_SUBSETS.items() if any(s.startswith(prefix) for s in stems)]
@@ -333,11 +344,10 @@ def _eval2000_found(cfg: DataConfig) -> list[str]:
 def _read_eval2000(cfg: DataConfig, out: Path, parts: list[str], jobs: int) -> dict[str, CutSet]:
     from lhotse.recipes import prepare_eval2000
 
-    cuts = _cuts(prepare_eval2000(cfg.corpus_dir, output_dir=out, absolute_paths=True, num_jobs=jobs))
-    return {
-        part: cuts.filter(lambda c, prefix=_HUB5_SUBSETS[part]: c.recording_id.startswith(prefix)).to_eager()
-        for part in parts
-    }
+    references = _hub5_references(Path(cfg.corpus_dir).expanduser())
+    prepared = prepare_eval2000(cfg.corpus_dir, out, transcript_path=references, absolute_paths=True, num_jobs=jobs)
+    cuts = _cuts(prepared)
+    return {part: CutSet.from_cuts(c for c in cuts if c.recording_id.startswith(_HUB5_SUBSETS[part])) for part in parts}
 
 
 _LIBRISPEECH_TRAIN = ("train-clean-100", "train-clean-360", "train-other-500", "train-clean-5")

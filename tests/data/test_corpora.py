@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from dmao.data.corpus import RECIPE_CORPORA, DataConfig, prepare_corpus
@@ -96,3 +98,62 @@ def test_every_recipe_corpus_names_known_text_rules_and_parts():
         for part in corpus.parts:
             text_rules(part.rules)
         assert len(set(corpus.part_names())) == len(corpus.parts)
+
+
+def _references(prepared, split: str) -> dict[str, str]:
+    return {cut.supervisions[0].id: cut.supervisions[0].text for cut in prepared.splits[split]}
+
+
+def test_tedlium2_reads_its_sphere_audio_into_a_fresh_cache_and_keeps_its_contractions(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "no-sph2pipe"))  # what the package installs has to do
+    corpus_dir, written = fabricate.tedlium2(tmp_path / "ted", long_seconds=25.0)
+    cfg = DataConfig(corpus="tedlium2", corpus_dir=str(corpus_dir), cache_dir=str(tmp_path / "fresh" / "cache"))
+    prepared = prepare_corpus(cfg, 16000, progress=False)
+    assert sorted(prepared.splits) == ["dev", "test", "train"]
+    found = {utt: text for split in prepared.splits for utt, text in _references(prepared, split).items()}
+    assert found == {utt: text_rules("tedlium").reference(text) for utt, text in written}
+    assert "it 's" in " ".join(found.values()) and "<unk>" not in " ".join(found.values())
+    assert max(c.duration for c in prepared.splits["test"]) == pytest.approx(25.0, abs=0.01)  # not cut for length
+    audio = prepared.splits["dev"][0].load_audio()  # [1, N], read without sph2pipe
+    assert audio.shape[0] == 1 and audio.std() > 0.01
+
+
+def test_switchboard_with_hub5_gives_train_dev_and_both_hub5_subsets(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "no-sph2pipe"))
+    corpus_dir, written = fabricate.switchboard(tmp_path / "swb", conversations=2)
+    hub5_dir, hub5_written = fabricate.eval2000(tmp_path / "hub5", conversations=1, shorten=True)
+    cfg = DataConfig(
+        corpus="switchboard", corpus_dir=str(corpus_dir), hub5_dir=str(hub5_dir), cache_dir=str(tmp_path / "c")
+    )
+    prepared = prepare_corpus(cfg, 16000, progress=False)
+    assert sorted(prepared.splits) == ["dev", "hub5-callhome", "hub5-swb", "train"]
+    swb = {**_references(prepared, "train"), **_references(prepared, "dev")}
+    expected = {utt: text_rules("switchboard").reference(text) for utt, text in written}
+    assert swb == {utt: text for utt, text in expected.items() if text}
+    hub5 = {**_references(prepared, "hub5-swb"), **_references(prepared, "hub5-callhome")}
+    assert hub5 == {utt: text_rules("hub5").reference(text) for utt, text in hub5_written}
+    assert all(c.recording_id.startswith("sw") for c in prepared.splits["hub5-swb"])
+    assert all(c.recording_id.startswith("en") for c in prepared.splits["hub5-callhome"])
+    assert prepared.rules["hub5-swb"].name == "hub5" and prepared.rules["train"].name == "switchboard"
+    # Both sides of an 8 kHz shorten-compressed conversation, each on its own channel, resampled to 16 kHz.
+    sides = {c.supervisions[0].channel for c in prepared.splits["train"]}
+    assert sides == {0, 1} and prepared.splits["train"][0].sampling_rate == 16000
+    assert prepared.splits["train"][0].load_audio().std() > 0.01
+
+
+def test_switchboard_without_its_transcripts_says_where_it_looked(tmp_path):
+    corpus_dir, _ = fabricate.switchboard(tmp_path / "swb", conversations=1)
+    cfg = DataConfig(corpus="switchboard", corpus_dir=str(corpus_dir), transcripts_dir="", cache_dir=str(tmp_path))
+    (corpus_dir.parent / fabricate.MS98_DIR).rename(tmp_path / "elsewhere")
+    with pytest.raises(FileNotFoundError, match="swb_ms98_transcriptions.*set data.transcripts_dir"):
+        prepare_corpus(cfg, 16000, progress=False)
+    prepared = prepare_corpus(replace(cfg, transcripts_dir=str(tmp_path / "elsewhere")), 16000, progress=False)
+    assert "train" in prepared.splits and "hub5-swb" not in prepared.splits  # no hub5_dir: no test sets
+
+
+def test_eval2000_alone_in_the_layout_ldc_ships(tmp_path):
+    hub5_dir, written = fabricate.eval2000(tmp_path / "hub5", conversations=1)
+    cfg = DataConfig(corpus="eval2000", corpus_dir=str(hub5_dir), cache_dir=str(tmp_path / "c"))
+    prepared = prepare_corpus(cfg, 16000, progress=False)
+    assert sorted(prepared.splits) == ["hub5-callhome", "hub5-swb"]
+    assert sum(len(s) for s in prepared.splits.values()) == len(written)
