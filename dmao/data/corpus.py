@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from lhotse import CutSet
+from lhotse import CutSet, SupervisionSet
 
 from dmao.data import sphere  # noqa: F401  (installs the SPHERE reader: lhotse then needs no sph2pipe)
 from dmao.data.kaldi import load_kaldi_dir
@@ -306,10 +306,15 @@ def _read_switchboard(cfg: DataConfig, out: Path, parts: list[str], jobs: int) -
 
     cuts: dict[str, CutSet] = {}
     if {"train", "dev"} & set(parts):
-        prepared = prepare_switchboard(
-            cfg.corpus_dir, transcripts_dir=_switchboard_transcripts(cfg), output_dir=out, absolute_paths=True
-        )
-        train = _cuts(prepared)
+        transcripts = _switchboard_transcripts(cfg)
+        try:
+            prepared = prepare_switchboard(cfg.corpus_dir, transcripts_dir=transcripts, output_dir=out,
+                                           absolute_paths=True)  # fmt: skip
+        except KeyError as err:  # lhotse looks each side's transcript up by name
+            raise FileNotFoundError(f"{transcripts}: no MS-State transcript for conversation side {err}") from None
+        # lhotse names both sides' speaker "<recording>A"; a side is a speaker (sclite's per-speaker scores need it).
+        supervisions = [replace(s, speaker=f"{s.recording_id}{'AB'[s.channel]}") for s in prepared["supervisions"]]
+        train = _cuts({**prepared, "supervisions": SupervisionSet.from_segments(supervisions)})
         # Switchboard has no official dev set: hold out every 100th conversation (24 of LDC97S62's 2,438), or the
         # last one of a smaller folder.
         conversations = sorted({c.recording_id for c in train})

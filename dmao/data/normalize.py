@@ -47,10 +47,13 @@ def plain_reference(text: str) -> str:
     return normalize_text(_MARKERS.sub(" ", text))
 
 
+_VARIANT_MARK = re.compile(r"(?<=\S)\(\d+\)")  # TED-LIUM's pronunciation variants: because(2)
+
+
 def tedlium_reference(text: str) -> str:
     """TED-LIUM writes contractions as separate tokens (``it 's``, ``don 't``) and scores them so: a token that starts
-    with an apostrophe is kept whole. ``<unk>`` and noise markers are removed."""
-    words = _NOT_WORD.sub(" ", _fold(_MARKERS.sub(" ", text))).split()
+    with an apostrophe is kept whole. ``<unk>``, noise markers and variant marks (``because(2)``) are removed."""
+    words = _NOT_WORD.sub(" ", _fold(_VARIANT_MARK.sub("", _MARKERS.sub(" ", text)))).split()
     return " ".join(w.rstrip("'") for w in words if w.strip("'"))
 
 

@@ -136,8 +136,8 @@ def test_switchboard_with_hub5_gives_train_dev_and_both_hub5_subsets(tmp_path, m
     assert all(c.recording_id.startswith("en") for c in prepared.splits["hub5-callhome"])
     assert prepared.rules["hub5-swb"].name == "hub5" and prepared.rules["train"].name == "switchboard"
     # Both sides of an 8 kHz shorten-compressed conversation, each on its own channel, resampled to 16 kHz.
-    sides = {c.supervisions[0].channel for c in prepared.splits["train"]}
-    assert sides == {0, 1} and prepared.splits["train"][0].sampling_rate == 16000
+    sides = {(c.supervisions[0].channel, c.supervisions[0].speaker[-1]) for c in prepared.splits["train"]}
+    assert sides == {(0, "A"), (1, "B")} and prepared.splits["train"][0].sampling_rate == 16000
     assert prepared.splits["train"][0].load_audio().std() > 0.01
 
 

@@ -12,7 +12,7 @@ from dmao.data.normalize import TEXT_RULES, normalize_text, text_rules
         ("librispeech", "DON'T LET O'BRIEN IN", "don't let o'brien in"),
         # TED-LIUM: contractions stay two tokens, as its STM writes and scores them; <unk> and noise go.
         ("tedlium", "it 's a <unk> thing {NOISE} they don 't", "it 's a thing they don 't"),
-        ("tedlium", "we 're in 2009 [NOISE]", "we 're in 2009"),
+        ("tedlium", "we 're in 2009 [NOISE] because(2) <sil>", "we 're in 2009 because"),
         # Plain (manifests, Kaldi directories): typographic apostrophes, digits, accents, punctuation.
         ("plain", "Don\u2019t stop at 42, \u201chi\u201d caf\u00e9 [noise] <unk>", "don't stop at 42 hi cafe"),
         ("plain", "'quoted' words", "quoted words"),
