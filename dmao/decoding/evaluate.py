@@ -1,7 +1,10 @@
-"""Decode a cut set with a CTC model and score it (corpus-level WER and CER); the WER table and transcript files."""
+"""Decode a cut set with a CTC model and score it (corpus-level WER and CER); the WER table and the files a set's
+transcripts are written to: ``hyp_<set>.txt`` (dmao's own) and sclite's ``ref_<set>.trn`` / ``hyp_<set>.trn``, all
+sorted by utterance (docs/scoring.md)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from lhotse import CutSet
-from lhotse.dataset import SimpleCutSampler
+from lhotse.cut import Cut
 
 from dmao.data.batches import AudioBatch, AudioBatchDataset
 from dmao.data.tokenizer import Tokenizer
@@ -26,13 +29,24 @@ class Transcript:
     cut_id: str
     reference: str
     hypothesis: str
+    speaker: str | None = None
+    """The cut's first supervision's speaker, where the corpus names one: the speaker of its sclite id."""
 
 
 def ordered_batches(cuts: CutSet, max_duration: float) -> Iterator[CutSet]:
-    """Every cut exactly once, longest first (little padding), in batches of at most ``max_duration`` seconds."""
-    # One process scores every cut: lhotse samplers would otherwise shard by rank whenever a process group exists.
-    sampler = SimpleCutSampler(cuts.sort_by_duration(ascending=False), max_duration=max_duration, world_size=1, rank=0)
-    yield from sampler
+    """Every cut exactly once, longest first (little padding), in batches of at most ``max_duration`` seconds of audio.
+    A cut longer than ``max_duration`` is a batch by itself: an evaluation utterance is never dropped for its length."""
+    # Batched here rather than by a lhotse sampler: no sharding by rank, and no sampler's choices about long cuts.
+    batch: list[Cut] = []
+    seconds = 0.0
+    for cut in cuts.sort_by_duration(ascending=False):
+        if batch and seconds + cut.duration > max_duration:
+            yield CutSet.from_cuts(batch)
+            batch, seconds = [], 0.0
+        batch.append(cut)
+        seconds += cut.duration
+    if batch:
+        yield CutSet.from_cuts(batch)
 
 
 @torch.no_grad()
@@ -66,7 +80,8 @@ def transcribe_cuts(
             if not batch.cut_ids:
                 continue
             hyps = decode_batch(model, batch, tokenizer, amp_dtype)
-            transcripts.extend(Transcript(c, r, h) for c, r, h in zip(batch.cut_ids, batch.texts, hyps))
+            speakers = {cut.id: cut.supervisions[0].speaker for cut in batch_cuts}
+            transcripts.extend(Transcript(c, r, h, speakers[c]) for c, r, h in zip(batch.cut_ids, batch.texts, hyps))
     finally:
         model.train(was_training)
     return transcripts, skipped
@@ -84,6 +99,20 @@ class Evaluation:
     @property
     def scored(self) -> int:
         return len(self.transcripts)
+
+    def record(self) -> dict[str, float | int]:
+        """The numbers of a metrics record: WER and CER, the WER's substitutions, deletions and insertions as shares of
+        the reference words (``sub + del + ins == wer``), utterances scored and skipped."""
+        words = self.score.words
+        return {
+            "wer": self.score.wer,
+            "cer": self.score.cer,
+            "sub": words.sub_rate,
+            "del": words.del_rate,
+            "ins": words.ins_rate,
+            "utterances": self.scored,
+            "skipped": len(self.skipped),
+        }
 
 
 def evaluate(
@@ -105,9 +134,10 @@ def evaluate(
 
 
 def write_transcripts(path: Path, transcripts: list[Transcript]) -> None:
-    """Reference and hypothesis of every utterance, two lines each: ``<cut id>\tREF: ...``, ``<cut id>\tHYP: ...``."""
+    """Reference and hypothesis of every utterance, sorted by cut id, two lines each: ``<cut id>\tREF: ...``,
+    ``<cut id>\tHYP: ...`` (the speaker is not kept: the ``trn`` files carry it)."""
     with open(path, "w") as handle:
-        for t in transcripts:
+        for t in sorted(transcripts, key=lambda t: t.cut_id):
             handle.write(f"{t.cut_id}\tREF: {t.reference}\n{t.cut_id}\tHYP: {t.hypothesis}\n")
 
 
@@ -126,14 +156,53 @@ def read_transcripts(path: Path) -> list[Transcript]:
     return transcripts
 
 
+_NOT_IN_TRN_SPEAKER = re.compile(r"[\s()-]")
+_NOT_IN_TRN_ID = re.compile(r"[\s()]")
+
+
+def trn_id(transcript: Transcript) -> str:
+    """The utterance id of a ``trn`` line: ``<speaker>-<cut id>``. sclite (``-i rm``) reads the speaker as the text
+    before the first ``-``, so the speaker's own ``-``, white space and parentheses become ``_`` (and the cut id's
+    white space and parentheses, which would end the id). A cut without a speaker is its own speaker."""
+    cut_id = _NOT_IN_TRN_ID.sub("_", transcript.cut_id)
+    speaker = _NOT_IN_TRN_SPEAKER.sub("_", transcript.speaker or transcript.cut_id)
+    return f"{speaker}-{cut_id}"
+
+
+def write_trn(directory: Path, name: str, transcripts: list[Transcript]) -> tuple[Path, Path]:
+    """sclite's transcript files of the set ``name``: ``ref_<name>.trn`` and ``hyp_<name>.trn`` in ``directory``, one
+    ``words (<speaker>-<cut id>)`` line per utterance, sorted by that id."""
+    ordered = sorted(transcripts, key=trn_id)
+    paths = directory / f"ref_{name}.trn", directory / f"hyp_{name}.trn"
+    for path, side in zip(paths, ("reference", "hypothesis")):
+        with open(path, "w") as handle:
+            for t in ordered:
+                handle.write(" ".join([*getattr(t, side).split(), f"({trn_id(t)})"]) + "\n")
+    return paths
+
+
+def write_scoring_files(directory: Path, name: str, transcripts: list[Transcript]) -> list[Path]:
+    """Everything a set's score rests on, into ``directory``: ``hyp_<name>.txt`` (:func:`write_transcripts`, what
+    :func:`read_transcripts` reads) and the two ``trn`` files (:func:`write_trn`)."""
+    transcripts_path = directory / f"hyp_{name}.txt"
+    write_transcripts(transcripts_path, transcripts)
+    return [transcripts_path, *write_trn(directory, name, transcripts)]
+
+
 def wer_table(evaluations: dict[str, Evaluation]) -> str:
-    """Per evaluated set: utterances scored and skipped (unreadable), reference words, WER and CER, as text."""
+    """Per evaluated set: utterances scored and skipped (unreadable), reference words, WER with its substitutions,
+    deletions and insertions (each in % of the reference words; they sum to the WER), and CER, as text."""
     width = max([8, *(len(name) for name in evaluations)])
-    header = f"{'split':<{width}} {'utts':>6} {'skipped':>7} {'words':>7} {'WER %':>7} {'CER %':>7}"
+    header = (
+        f"{'split':<{width}} {'utts':>6} {'skipped':>7} {'words':>7} {'WER %':>7} {'sub %':>6} {'del %':>6} "
+        f"{'ins %':>6} {'CER %':>7}"
+    )
     lines = [header, "-" * len(header)]
     for split, e in evaluations.items():
+        words = e.score.words
         lines.append(
-            f"{split:<{width}} {e.scored:>6} {len(e.skipped):>7} {e.score.words.ref_len:>7} {100 * e.score.wer:>7.2f} "
+            f"{split:<{width}} {e.scored:>6} {len(e.skipped):>7} {words.ref_len:>7} {100 * e.score.wer:>7.2f} "
+            f"{100 * words.sub_rate:>6.2f} {100 * words.del_rate:>6.2f} {100 * words.ins_rate:>6.2f} "
             f"{100 * e.score.cer:>7.2f}"
         )
     return "\n".join(lines)

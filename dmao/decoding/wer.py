@@ -8,10 +8,10 @@ words joined by single spaces, so the CER counts word-boundary errors (a missing
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
+import kaldialign
 
 
 @dataclass(frozen=True)
@@ -31,9 +31,25 @@ class ErrorCounts:
     def rate(self) -> float:
         """errors / ref_len. With an empty reference: 0.0 without errors, ``inf`` with any (insertions into
         nothing have no finite rate; a corpus with no reference words is a data error worth seeing)."""
+        return self._per_reference(self.errors)
+
+    @property
+    def sub_rate(self) -> float:
+        """Substitutions / ref_len: with :attr:`del_rate` and :attr:`ins_rate`, the parts :attr:`rate` sums."""
+        return self._per_reference(self.subs)
+
+    @property
+    def del_rate(self) -> float:
+        return self._per_reference(self.dels)
+
+    @property
+    def ins_rate(self) -> float:
+        return self._per_reference(self.ins)
+
+    def _per_reference(self, count: int) -> float:
         if self.ref_len == 0:
-            return 0.0 if self.errors == 0 else float("inf")
-        return self.errors / self.ref_len
+            return 0.0 if count == 0 else float("inf")
+        return count / self.ref_len
 
     def __add__(self, other: ErrorCounts) -> ErrorCounts:
         return ErrorCounts(
@@ -41,44 +57,12 @@ class ErrorCounts:
         )
 
 
-def edit_counts(ref: Sequence[Hashable], hyp: Sequence[Hashable]) -> ErrorCounts:
-    """Substitutions, deletions and insertions turning ``ref`` into ``hyp`` with the fewest edits. Where several
-    alignments are minimal, the one read back from the end preferring substitutions, then deletions, then
-    insertions is counted."""
-    num_ref, num_hyp = len(ref), len(hyp)
-    if num_ref == 0 or num_hyp == 0:
-        return ErrorCounts(dels=num_ref, ins=num_hyp, ref_len=num_ref)
-    symbol_ids: dict[Hashable, int] = {}
-    ref_ids = np.array([symbol_ids.setdefault(token, len(symbol_ids)) for token in ref])  # [N]
-    hyp_ids = np.array([symbol_ids.setdefault(token, len(symbol_ids)) for token in hyp])  # [M]
-
-    # cost[i, j]: fewest edits turning ref[:i] into hyp[:j]; filled row by row, each row in numpy.
-    cost = np.empty((num_ref + 1, num_hyp + 1), dtype=np.int64)  # [N + 1, M + 1]
-    cost[0] = np.arange(num_hyp + 1)
-    columns = np.arange(num_hyp + 1)  # [M + 1]
-    for i in range(1, num_ref + 1):
-        row = np.empty(num_hyp + 1, dtype=np.int64)
-        row[0] = i
-        diagonal = cost[i - 1, :-1] + (hyp_ids != ref_ids[i - 1])  # [M]
-        row[1:] = np.minimum(diagonal, cost[i - 1, 1:] + 1)
-        # Insertions chain along the row: row[j] = min over k <= j of row[k] + (j - k).
-        cost[i] = np.minimum.accumulate(row - columns) + columns
-
-    # Read the alignment back in plain Python: element access on lists is much cheaper than on numpy arrays.
-    table, ref_list, hyp_list = cost.tolist(), ref_ids.tolist(), hyp_ids.tolist()
-    subs = dels = ins = 0
-    i, j = num_ref, num_hyp
-    while i > 0 or j > 0:
-        if i > 0 and j > 0 and table[i][j] == table[i - 1][j - 1] + (ref_list[i - 1] != hyp_list[j - 1]):
-            subs += ref_list[i - 1] != hyp_list[j - 1]
-            i, j = i - 1, j - 1
-        elif i > 0 and table[i][j] == table[i - 1][j] + 1:
-            dels += 1
-            i -= 1
-        else:
-            ins += 1
-            j -= 1
-    return ErrorCounts(subs=subs, dels=dels, ins=ins, ref_len=num_ref)
+def edit_counts(ref: Sequence[str], hyp: Sequence[str]) -> ErrorCounts:
+    """Substitutions, deletions and insertions turning ``ref`` into ``hyp`` with the fewest edits (unit costs), as
+    Kaldi's aligner counts them (``kaldialign``, what icefall scores with). Where several alignments are minimal the
+    total is the same; how it splits into substitutions, deletions and insertions is the aligner's choice."""
+    counts = kaldialign.edit_distance(ref, hyp)
+    return ErrorCounts(subs=counts["sub"], dels=counts["del"], ins=counts["ins"], ref_len=len(ref))
 
 
 def characters(text: str) -> list[str]:

@@ -19,9 +19,9 @@ def _levenshtein(a: list, b: list) -> int:
 
 def test_hand_worked_cat_sat_on_the_mat():
     ref, hyp = ["the", "cat", "sat", "on", "the", "mat"], ["the", "cat", "sit", "on", "mat", "the"]
-    # sat->sit, then "the mat" vs "mat the" costs 2 either way (two substitutions, or a deletion plus an
-    # insertion); read back from the end, substitutions are preferred.
-    assert edit_counts(ref, hyp) == ErrorCounts(subs=3, dels=0, ins=0, ref_len=6)
+    # sat->sit, then "the mat" vs "mat the" costs 2 either way: two substitutions, or deleting "the" before "mat"
+    # and inserting it after. Kaldi's aligner takes the deletion and the insertion (the total is the same).
+    assert edit_counts(ref, hyp) == ErrorCounts(subs=1, dels=1, ins=1, ref_len=6)
     assert edit_counts(ref, hyp).rate == pytest.approx(0.5)
 
 
@@ -77,6 +77,17 @@ def test_corpus_rate_pools_counts_instead_of_averaging_rates():
     assert score.wer == pytest.approx(1 / 11)
     mean_of_rates = sum(edit_counts(r.split(), h.split()).rate for r, h in zip(refs, hyps)) / 2
     assert mean_of_rates == pytest.approx(0.5)
+
+
+def test_substitution_deletion_insertion_shares_of_the_reference():
+    # "a b c d e f g h" -> "x b c f g h y y y": a->x (1 S), d e deleted (2 D), y y y inserted (3 I), 8 reference
+    # words; the only minimal alignment (6 edits), so no tie-breaking is involved.
+    score = score_corpus(["a b c d e f g h"], ["x b c f g h y y y"])
+    assert score.words == ErrorCounts(subs=1, dels=2, ins=3, ref_len=8)
+    words = score.words
+    assert (words.sub_rate, words.del_rate, words.ins_rate) == pytest.approx((1 / 8, 2 / 8, 3 / 8))
+    assert words.sub_rate + words.del_rate + words.ins_rate == pytest.approx(words.rate)
+    assert ErrorCounts(ref_len=0).sub_rate == 0.0 and math.isinf(ErrorCounts(ins=1).ins_rate)
 
 
 def test_error_counts_add():
