@@ -5,8 +5,8 @@ through the reader checks the reader against a second reading of the format, not
 is version 2 as NIST's ``embedded-shorten-v2.00`` writes it: a ``ulong`` header (sample type, channels, block size,
 LPC order, mean length, skip bytes), then per block and channel in turn a command with Rice-coded residuals, then
 ``QUIT``. The encoder picks per block the predictor with the smallest residuals among those allowed, ``ZERO`` for a
-silent block, ``BITSHIFT`` when a block's PCM samples share trailing zero bits, and ``BLOCKSIZE`` for a short last
-block.
+silent block, ``BITSHIFT`` when a block's PCM samples share trailing zero bits (mu-law: when every byte of the block
+is reached by coarser linear values), and ``BLOCKSIZE`` for a short last block; ``VERBATIM`` bytes on request.
 """
 
 from __future__ import annotations
@@ -56,16 +56,19 @@ def write_sphere(
     lpc_order: int = 0,
     predictors: tuple[str, ...] = ("diff0", "diff1", "diff2", "diff3"),
     ulaw_type: str = "au2",
+    verbatim: bytes = b"",
 ) -> None:
     """Write ``samples`` as a SPHERE file. ``coding`` ``"ulaw"`` stores the mu-law bytes of the samples (a reader
     gives back their expansion). ``byte_format`` ``"01"`` is little-endian PCM, ``"10"`` big-endian. With
-    ``shorten``: ``block_size`` samples per block, ``lpc_order`` > 0 adds QLPC to the ``predictors`` tried per block,
-    and ``ulaw_type`` is shorten's internal type for mu-law (``"au2"`` as LDC's files, ``"au1"`` or lossy
-    ``"ulaw"``)."""
+    ``shorten``: ``block_size`` samples per block, ``lpc_order`` > 0 adds QLPC to the ``predictors`` (of DIFF0..3)
+    tried per block, ``ulaw_type`` is shorten's internal type for mu-law (``"au2"`` as LDC's files, ``"au1"`` or
+    lossy ``"ulaw"``) and ``verbatim`` bytes are stored ahead of the samples as a VERBATIM chunk."""
     samples = np.asarray(samples)
     if samples.dtype != np.int16:
         raise TypeError(f"write_sphere takes int16 samples, not {samples.dtype}")
     frames = samples.reshape(len(samples), -1)  # [N, C]
+    if shorten and not predictors and lpc_order == 0:
+        raise ValueError("a shorten stream needs a predictor: predictors or lpc_order > 0")
     if coding == "pcm":
         if byte_format not in ("01", "10"):
             raise ValueError(f"byte_format is '01' (little-endian) or '10' (big-endian), not {byte_format!r}")
@@ -88,7 +91,7 @@ def write_sphere(
         **fields,
     }
     if shorten:
-        payload = _shorten(payload_values.T, shorten_type, block_size, lpc_order, predictors)
+        payload = _shorten(payload_values.T, shorten_type, block_size, lpc_order, predictors, verbatim)
     elif coding == "pcm":
         payload = payload_values.astype("<i2" if byte_format == "01" else ">i2").tobytes()
     else:
@@ -96,16 +99,16 @@ def write_sphere(
     Path(path).write_bytes(sphere_header(header) + payload)
 
 
-def sphere_header(fields: dict[str, int | str]) -> bytes:
-    """A 1024-byte ``NIST_1A`` header holding ``fields`` (``-i`` for ints, ``-sN`` for strings)."""
-    lines = [b"NIST_1A", b"   1024"]
+def sphere_header(fields: dict[str, int | str], size: int = HEADER_BYTES) -> bytes:
+    """A ``size``-byte ``NIST_1A`` header holding ``fields`` (``-i`` for ints, ``-sN`` for strings)."""
+    lines = [b"NIST_1A", f"{size:7d}".encode("ascii")]
     for name, value in fields.items():
         typed = f"-i {value}" if isinstance(value, int) else f"-s{len(value)} {value}"
         lines.append(f"{name} {typed}".encode("ascii"))
     text = b"\n".join([*lines, b"end_head", b""])
-    if len(text) > HEADER_BYTES:
-        raise ValueError("the SPHERE header fields do not fit in 1024 bytes")
-    return text + b" " * (HEADER_BYTES - len(text))
+    if len(text) > size:
+        raise ValueError(f"the SPHERE header fields do not fit in {size} bytes")
+    return text + b" " * (size - len(text))
 
 
 class _BitWriter:
@@ -146,24 +149,45 @@ def _c_divide(numerator: int, denominator: int) -> int:
     return quotient if (numerator >= 0) == (denominator > 0) else -quotient
 
 
-def _inward(values: np.ndarray, shorten_type: str) -> np.ndarray:
-    """Stored sample values (int16 or mu-law bytes) as shorten's internal integers, before any bit shift."""
-    if shorten_type in ("s16hl", "s16lh"):
-        return values.astype(np.int64)
-    codes = values.astype(np.int64)
+def _ulaw_shifted_magnitudes(shift: int) -> np.ndarray:  # [128] int64
+    """The magnitude code (0..127, by increasing linear magnitude) that each rank has at a mu-law bit shift: the
+    slope is ``2 ** shift`` in the first 16-code segment and halves at each segment boundary. This closed form is a
+    second derivation of shorten's rank tables, independent of the reader's."""
+    intercepts = [0]
+    for segment in range(1, shift + 1):
+        intercepts.append(8 * segment + intercepts[-1] // 2)
+    ranks = np.arange(128)
+    return np.min([(ranks << (shift - j)) + intercepts[j] for j in range(shift + 1)], axis=0)
+
+
+def _ulaw_ranks(codes: np.ndarray, shorten_type: str) -> tuple[np.ndarray, int]:
+    """Lossless mu-law bytes as shorten's ranks at the largest bit shift every byte of the block allows."""
+    positive = codes >= 128
+    magnitude = np.where(positive, 255 - codes, 127 - codes)
+    for shift in range(12, -1, -1):
+        image = _ulaw_shifted_magnitudes(shift)
+        reached = np.isin(magnitude, image)
+        if shorten_type == "au1" and shift > 0:  # au1 ranks negative zero (0x7f) after every reaching byte
+            reached &= codes != 0x7F
+        if reached.all():
+            break
+    rank = np.searchsorted(image, magnitude)  # image is increasing
+    if shorten_type == "au2":  # negative zero is rank -1, the other negatives move down by one
+        return np.where(positive, rank, -(rank + 1)), shift
+    return np.where(positive, rank, np.where(codes == 0x7F, -128, -rank)), shift
+
+
+def _internal(stored: np.ndarray, shorten_type: str) -> tuple[np.ndarray, int]:
+    """Stored sample values (int16 or mu-law bytes) as shorten's internal integers and their bit shift: PCM loses
+    the trailing zero bits all its samples share."""
+    if shorten_type in ("au1", "au2"):
+        return _ulaw_ranks(stored.astype(np.int64), shorten_type)
+    values = stored.astype(np.int64)
     if shorten_type == "ulaw":  # lossy: the linear value without its 3 low bits
-        return ulaw_expand(codes) >> 3
-    # lossless mu-law: the byte's rank in linear order, positive zero (0xff) at 0
-    if shorten_type == "au2":  # negative zero (0x7f) at -1
-        return np.where(codes >= 128, 255 - codes, codes - 128)
-    return np.where(codes >= 128, 255 - codes, np.where(codes == 127, -128, codes - 127))
-
-
-def _bitshift(internal: np.ndarray, shorten_type: str) -> int:
-    if shorten_type not in ("s16hl", "s16lh") or not internal.any():
-        return 0
-    combined = int(np.bitwise_or.reduce(internal))
-    return (combined & -combined).bit_length() - 1
+        values = ulaw_expand(values) >> 3
+    combined = int(np.bitwise_or.reduce(values))
+    shift = (combined & -combined).bit_length() - 1 if combined else 0
+    return values >> shift, shift
 
 
 def _residuals(history: np.ndarray, block: np.ndarray, predictor: str, offset: int) -> np.ndarray:
@@ -197,11 +221,16 @@ def _shorten(
     block_size: int,
     lpc_order: int,
     predictors: tuple[str, ...],
+    verbatim: bytes,
 ) -> bytes:
     num_channels, num_samples = channels.shape
     bits = _BitWriter()
     for value in (SHORTEN_TYPES[shorten_type], num_channels, block_size, lpc_order, MEAN_BLOCKS, 0):
         bits.ulong(value)
+    if verbatim:  # shorten 3 keeps a wrapped file's own header this way
+        bits.uvar(COMMANDS["verbatim"], 2)
+        bits.uvar(len(verbatim), 5)
+        bits.uvar(list(verbatim), 8)
     history_length = max(3, lpc_order)
     histories = [np.zeros(history_length, dtype=np.int64) for _ in range(num_channels)]
     means = [[0] * MEAN_BLOCKS for _ in range(num_channels)]
@@ -214,13 +243,11 @@ def _shorten(
             current_size = size
         for channel in range(num_channels):
             stored = channels[channel, start : start + size]
-            internal = _inward(stored, shorten_type)
-            shift = _bitshift(internal, shorten_type)
-            if shift != bitshift:
+            block, shift = _internal(stored, shorten_type)
+            if block.any() and shift != bitshift:
                 bits.uvar(COMMANDS["bitshift"], 2)
                 bits.uvar(shift, 2)
                 bitshift = shift
-            block = internal >> bitshift
             total = MEAN_BLOCKS // 2 + sum(means[channel])
             offset = _c_divide(total, MEAN_BLOCKS)
             offset = offset if bitshift == 0 else (offset >> (bitshift - 1)) >> 1
