@@ -2,7 +2,8 @@
 
 Every section is a dataclass owned by the component it configures (``LogMelConfig`` beside the log-mel code, and so
 on); this module only knows how to turn nested dictionaries into those dataclasses and back. A key that no field
-matches is an error that names the full dotted key and suggests the closest valid one.
+matches is an error that names the full dotted key and suggests the closest valid one. A YAML file may build on
+others (``base:``, see :func:`load_yaml`), so that variants of a config state only what differs.
 """
 
 from __future__ import annotations
@@ -148,8 +149,11 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return data
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+BASE_KEY = "base"
+"""The top-level key by which a YAML file names the files it builds on (see :func:`load_yaml`)."""
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -159,6 +163,50 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return data
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` laid on ``base``: mappings merge key by key, at every depth; anything else in ``over`` (a value, a
+    list) replaces what ``base`` has. Neither input is changed."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping, with the files it names under ``base:`` laid beneath it.
+
+    ``base:`` is a path relative to the file (or absolute), or a list of them: the bases are merged in order (each
+    one loaded with its own bases first), then the file itself over them (:func:`deep_merge`: lists are replaced,
+    not merged). The result no longer holds the ``base`` key, so a config written back out is complete on its own.
+    A missing base or a cycle is an error naming the file that refers to it."""
+    return _load_with_bases(Path(path), ())
+
+
+def _load_with_bases(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """:func:`load_yaml` of ``path``, reached through the files of ``chain`` (resolved paths, outermost first)."""
+    data = _read_yaml(path)
+    bases = data.pop(BASE_KEY, None)
+    if bases is None:
+        return data
+    names = [bases] if isinstance(bases, str) else bases
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ConfigError(f"{path}: {BASE_KEY} must be a file path or a list of them (relative to {path.parent})")
+    chain = (*chain, path.resolve())
+    merged: dict[str, Any] = {}
+    for name in names:
+        base_path = path.parent / Path(name).expanduser()
+        if base_path.resolve() in chain:
+            loop = (*chain[chain.index(base_path.resolve()) :], base_path.resolve())
+            raise ConfigError(f"{path}: {BASE_KEY} {name!r} makes a cycle: {' -> '.join(map(str, loop))}")
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: {BASE_KEY} {name!r} not found (no file {base_path})")
+        merged = deep_merge(merged, _load_with_bases(base_path, chain))
+    return deep_merge(merged, data)
 
 
 def save_yaml(obj: Any, path: str | Path) -> None:

@@ -254,12 +254,18 @@ def resolve_config_path(name: str | Path) -> Path:
     path = Path(name)
     if path.is_file():
         return path
-    for candidate in (CONFIG_DIR / path, CONFIG_DIR / path.name, CONFIG_DIR / f"{path.name}.yaml"):
+    for candidate in (
+        CONFIG_DIR / path,
+        CONFIG_DIR / f"{path}.yaml",
+        CONFIG_DIR / path.name,
+        CONFIG_DIR / f"{path.name}.yaml",
+    ):
         if candidate.is_file():
             return candidate
     raise ConfigError(
         f"config file not found: {name} (shipped configs: "
-        f"{', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.yaml')))})"
+        f"{', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.yaml')))}, and the recipes under "
+        f"recipes/<corpus>/, e.g. recipes/librispeech/conformer-384: docs/recipes.md)"
     )
 
 
