@@ -245,6 +245,16 @@ def cmd_layout(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_average(ns: argparse.Namespace) -> int:
+    from dmao.training.average import AverageConfig, average_run
+
+    cfg = AverageConfig(last=ns.last or 0, best=ns.best or 0, split=ns.split)
+    output, averaged = average_run(ns.run_dir, cfg)
+    print(f"averaged {len(averaged)} checkpoints: {', '.join(p.name for p in averaged)}")
+    print(output)
+    return 0
+
+
 def cmd_experiment(ns: argparse.Namespace) -> int:
     from dmao.experiment.runner import GridRunner
     from dmao.experiment.spec import load_spec
@@ -424,6 +434,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lay.add_argument("checkpoint", help="a ckpt-*.pt file, a run dir or its checkpoints/ folder (newest)")
     lay.set_defaults(func=cmd_layout)
+
+    avg = sub.add_parser(
+        "average",
+        help="average a run's last or best checkpoints into one inference checkpoint",
+        description="Average the weights of the last N checkpoints of RUN_DIR, or of the N with the lowest WER in its "
+        "validation records, into RUN_DIR/checkpoints/averaged-last<N>.pt or averaged-best<N>-<split>.pt, for dmao "
+        "eval and transcribe (never resumed from, never rotated away). The checkpoints must share one layout: "
+        "average only checkpoints written after the last DMAO event.",
+    )
+    avg.add_argument("run_dir", help="a run directory (holding checkpoints/ and metrics.jsonl)")
+    which = avg.add_mutually_exclusive_group(required=True)
+    which.add_argument("--last", type=int, metavar="N", help="the newest N checkpoints")
+    which.add_argument("--best", type=int, metavar="N", help="the N checkpoints of lowest validation WER")
+    avg.add_argument("--split", default="dev", help="the validation split --best ranks by (default dev)")
+    avg.set_defaults(func=cmd_average)
     return parser
 
 
