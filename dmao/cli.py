@@ -177,8 +177,9 @@ def manifest_label(path: str) -> str:
 def cmd_eval(ns: argparse.Namespace) -> int:
     from lhotse import CutSet
 
-    from dmao.data.corpus import clean_cuts, load_splits
-    from dmao.decoding.evaluate import evaluate, wer_table, write_transcripts
+    from dmao.data.corpus import clean_cuts, prepare_corpus
+    from dmao.data.normalize import text_rules
+    from dmao.decoding.evaluate import evaluate, wer_table, write_scoring_files
     from dmao.device import amp_dtype_for
 
     _setup_logging()
@@ -187,23 +188,28 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     if ns.manifest:
         if not Path(ns.manifest).is_file():  # lhotse would also open "pipe:..." names, running them
             raise FileNotFoundError(f"--manifest {ns.manifest}: no such file")
-        cuts = clean_cuts(CutSet.from_file(ns.manifest), cfg.data, ns.manifest, model.sample_rate)[0]
-        sets = {manifest_label(ns.manifest): cuts}
+        rules = text_rules(ns.text_rules or (cfg.data.normalization if cfg.data.normalization != "auto" else "plain"))
+        cuts, report = clean_cuts(CutSet.from_file(ns.manifest), cfg.data, ns.manifest, model.sample_rate, rules,
+                                  training=False)  # fmt: skip
+        sets = {manifest_label(ns.manifest): (cuts, rules, report.dropped)}
     else:
-        splits = load_splits(cfg.data, model.sample_rate, progress=False)
-        missing = [s for s in ns.split if s not in splits]
+        prepared = prepare_corpus(cfg.data, model.sample_rate, progress=False)
+        names = ns.split or [s for s in prepared.splits if s != "train"]
+        missing = [s for s in names if s not in prepared.splits]
         if missing:
-            raise ValueError(f"split(s) {missing} not in corpus {cfg.data.corpus!r} (has {sorted(splits)})")
-        sets = {s: splits[s] for s in ns.split}
+            raise ValueError(f"split(s) {missing} not in corpus {cfg.data.corpus!r} (has {sorted(prepared.splits)})")
+        rules_of = {s: text_rules(ns.text_rules) if ns.text_rules else prepared.rules[s] for s in names}
+        sets = {s: (prepared.splits[s], rules_of[s], prepared.reports[s].dropped) for s in names}
     device = next(model.parameters()).device
     output = Path(ns.output) if ns.output else None
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
     evaluations = {}
-    for name, cuts in sets.items():
-        result = evaluate(model, cuts, tokenizer, ns.max_duration, amp_dtype_for(cfg.train.amp, device), name)
+    for name, (cuts, rules, dropped) in sets.items():
+        amp = amp_dtype_for(cfg.train.amp, device)
+        result = evaluate(model, cuts, tokenizer, ns.max_duration, amp, name, rules.scoring, dropped)
         if output is not None:
-            write_transcripts(output / f"hyp_{name}.txt", result.transcripts)
+            write_scoring_files(output, name, result.transcripts)
         for reason in result.skipped:
             logging.warning("skipped unreadable audio: %s", reason)
         evaluations[name] = result
@@ -287,6 +293,8 @@ def _positive_seconds(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dmao.data.normalize import TEXT_RULES
+
     parser = argparse.ArgumentParser(
         prog="dmao",
         description="Train CTC speech recognisers (Conformer, E-Branchformer) that re-allocate their own parameters "
@@ -365,9 +373,15 @@ def build_parser() -> argparse.ArgumentParser:
         "words). Re-allocated models load from the layout stored in the checkpoint.",
     )
     ev.add_argument("checkpoint", help="a ckpt-*.pt file, a run dir or its checkpoints/ folder (newest is taken)")
-    ev.add_argument("--split", nargs="+", default=["dev", "test"], help="splits of the run's corpus (default dev test)")
+    ev.add_argument("--split", nargs="+", help="splits of the run's corpus (default: every split but train)")
     ev.add_argument("--manifest", help="a lhotse cut manifest to score instead of the corpus splits")
     ev.add_argument("--max-duration", type=_positive_seconds, default=400.0, help="seconds of audio per batch")
+    ev.add_argument(
+        "--text-rules",
+        choices=sorted(TEXT_RULES),
+        help="the transcript conventions to normalise and score with (default: the corpus's own; plain for a "
+        "manifest of a run that did not name any): docs/data.md",
+    )
     ev.add_argument(
         "--run-audio-commands",
         action="store_true",
@@ -377,8 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.add_argument(
         "--output",
-        help="folder (created if needed) for hyp_<split>.txt, or hyp_<manifest name>.txt with --manifest "
-        "(cuts_dev.jsonl.gz -> hyp_cuts_dev.txt)",
+        help="folder (created if needed) for hyp_<split>.txt and sclite's ref_<split>.trn / hyp_<split>.trn; with "
+        "--manifest named after it (cuts_dev.jsonl.gz -> hyp_cuts_dev.txt)",
     )
     ev.set_defaults(func=cmd_eval)
 

@@ -5,8 +5,8 @@ sorted by utterance (docs/scoring.md)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -95,6 +95,8 @@ class Evaluation:
     transcripts: list[Transcript]
     skipped: list[str]
     """Cuts whose audio could not be read (not in the score), with the reason."""
+    dropped: int = 0
+    """Utterances corpus preparation left out of this set (unreadable audio, empty references): not in the score."""
 
     @property
     def scored(self) -> int:
@@ -112,6 +114,7 @@ class Evaluation:
             "ins": words.ins_rate,
             "utterances": self.scored,
             "skipped": len(self.skipped),
+            "dropped": self.dropped,
         }
 
 
@@ -122,15 +125,26 @@ def evaluate(
     max_duration: float,
     amp_dtype: torch.dtype | None = None,
     name: str = "the evaluation set",
+    scoring: Callable[[str], str] | None = None,
+    dropped: int = 0,
 ) -> Evaluation:
     """Decode and score ``cuts``; raises ``ValueError`` naming ``name`` when not a single utterance could be scored
-    (a WER over nothing must not look like a result)."""
+    (a WER over nothing must not look like a result).
+
+    :param scoring: the corpus's scoring filter (``TextRules.scoring``), applied to reference and hypothesis alike;
+        the transcripts hold the texts as scored, so the files written from them score to the same numbers
+    :param dropped: utterances that corpus preparation left out of this set, reported beside the score
+    """
     transcripts, skipped = transcribe_cuts(model, cuts, tokenizer, max_duration, amp_dtype)
     if not transcripts:
         first = f"; first: {skipped[0]}" if skipped else ""
         raise ValueError(f"{name}: no utterance could be scored ({len(skipped)} of {len(cuts)} unreadable{first})")
+    if scoring is not None:
+        transcripts = [
+            replace(t, reference=scoring(t.reference), hypothesis=scoring(t.hypothesis)) for t in transcripts
+        ]
     score = score_corpus([t.reference for t in transcripts], [t.hypothesis for t in transcripts])
-    return Evaluation(score, transcripts, skipped)
+    return Evaluation(score, transcripts, skipped, dropped)
 
 
 def write_transcripts(path: Path, transcripts: list[Transcript]) -> None:
@@ -190,19 +204,20 @@ def write_scoring_files(directory: Path, name: str, transcripts: list[Transcript
 
 
 def wer_table(evaluations: dict[str, Evaluation]) -> str:
-    """Per evaluated set: utterances scored and skipped (unreadable), reference words, WER with its substitutions,
-    deletions and insertions (each in % of the reference words; they sum to the WER), and CER, as text."""
+    """Per evaluated set: utterances scored, dropped in preparation and skipped at decoding (unreadable), reference
+    words, WER with its substitutions, deletions and insertions (each in % of the reference words; they sum to the
+    WER), and CER, as text."""
     width = max([8, *(len(name) for name in evaluations)])
     header = (
-        f"{'split':<{width}} {'utts':>6} {'skipped':>7} {'words':>7} {'WER %':>7} {'sub %':>6} {'del %':>6} "
-        f"{'ins %':>6} {'CER %':>7}"
+        f"{'split':<{width}} {'utts':>6} {'dropped':>7} {'skipped':>7} {'words':>7} {'WER %':>7} {'sub %':>6} "
+        f"{'del %':>6} {'ins %':>6} {'CER %':>7}"
     )
     lines = [header, "-" * len(header)]
     for split, e in evaluations.items():
         words = e.score.words
         lines.append(
-            f"{split:<{width}} {e.scored:>6} {len(e.skipped):>7} {words.ref_len:>7} {100 * e.score.wer:>7.2f} "
-            f"{100 * words.sub_rate:>6.2f} {100 * words.del_rate:>6.2f} {100 * words.ins_rate:>6.2f} "
-            f"{100 * e.score.cer:>7.2f}"
+            f"{split:<{width}} {e.scored:>6} {e.dropped:>7} {len(e.skipped):>7} {words.ref_len:>7} "
+            f"{100 * e.score.wer:>7.2f} {100 * words.sub_rate:>6.2f} {100 * words.del_rate:>6.2f} "
+            f"{100 * words.ins_rate:>6.2f} {100 * e.score.cer:>7.2f}"
         )
     return "\n".join(lines)

@@ -109,9 +109,37 @@ def test_table_and_record_break_the_wer_into_substitutions_deletions_insertions(
     evaluation = Evaluation(score, transcripts, skipped=["u3 (gone.flac): missing"])
     record = evaluation.record()
     assert record == pytest.approx(
-        {"wer": 6 / 10, "cer": score.cer, "sub": 1 / 10, "del": 2 / 10, "ins": 3 / 10, "utterances": 2, "skipped": 1}
+        {
+            "wer": 6 / 10,
+            "cer": score.cer,
+            "sub": 1 / 10,
+            "del": 2 / 10,
+            "ins": 3 / 10,
+            "utterances": 2,
+            "skipped": 1,
+            "dropped": 0,
+        }
     )
     header, _, row = wer_table({"dev": evaluation}).splitlines()
-    assert header.split() == ["split", "utts", "skipped", "words", "WER", "%", "sub", "%", "del", "%", "ins", "%",
-                              "CER", "%"]  # fmt: skip
-    assert row.split()[:8] == ["dev", "2", "1", "10", "60.00", "10.00", "20.00", "30.00"]
+    assert header.split() == ["split", "utts", "dropped", "skipped", "words", "WER", "%", "sub", "%", "del", "%",
+                              "ins", "%", "CER", "%"]  # fmt: skip
+    assert row.split()[:9] == ["dev", "2", "0", "1", "10", "60.00", "10.00", "20.00", "30.00"]
+
+
+def test_a_corpus_scoring_filter_applies_to_reference_and_hypothesis_and_the_files_hold_what_was_scored(tmp_path):
+    """Switchboard/Hub5: hesitations and fragments are not counted, on either side; the written files score alike."""
+    from dmao.data.normalize import conversational_scoring
+
+    cuts = CutSet.from_cuts([_cut(tmp_path, "sw", 1.0, "um yes th- uh-huh", "A")])
+    tokenizer = CharTokenizer(list("abcdefghijklmnopqrstuvwxyz-' "))
+    model = _tiny_model(tokenizer.vocab_size)
+    plain = evaluate(model, cuts, tokenizer, max_duration=20.0, name="dev", dropped=4)
+    filtered = evaluate(model, cuts, tokenizer, max_duration=20.0, name="dev", scoring=conversational_scoring)
+    assert plain.score.words.ref_len == 4 and plain.dropped == 4 and plain.record()["dropped"] == 4
+    assert filtered.score.words.ref_len == 2 and filtered.transcripts[0].reference == "yes uh-huh"
+    assert filtered.transcripts[0].hypothesis == conversational_scoring(plain.transcripts[0].hypothesis)
+    write_scoring_files(tmp_path, "dev", filtered.transcripts)
+    again = read_transcripts(tmp_path / "hyp_dev.txt")
+    rescored = score_corpus([t.reference for t in again], [t.hypothesis for t in again])
+    assert rescored == filtered.score
+    assert wer_table({"dev": plain}).splitlines()[2].split()[:3] == ["dev", "1", "4"]  # utts, dropped

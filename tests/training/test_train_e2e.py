@@ -230,7 +230,7 @@ def test_cli_eval_of_a_manifest_writes_into_a_new_output_folder(trained_run, tmp
     load_splits(cfg.data, cfg.model.features.sample_rate, progress=False)["dev"].to_file(manifest)
     output = tmp_path / "not" / "yet" / "there"
     assert main(["eval", str(trained_run.run_dir), "--manifest", str(manifest), "--output", str(output)]) == 0
-    assert [p.name for p in output.iterdir()] == ["hyp_cuts_dev.txt"]
+    assert sorted(p.name for p in output.iterdir()) == ["hyp_cuts_dev.trn", "hyp_cuts_dev.txt", "ref_cuts_dev.trn"]
     assert capsys.readouterr().out.splitlines()[2].startswith("cuts_dev ")
 
 
@@ -274,8 +274,8 @@ def test_eval_over_nothing_is_an_error_and_skips_are_in_the_table(trained_run, t
     CutSet.from_cuts([moved(c, tmp_path / "unmounted") for c in cuts[:3]] + cuts[3:]).to_file(half)
     assert main(["eval", str(trained_run.run_dir), "--manifest", str(half)]) == 0
     header, _, row = capsys.readouterr().out.splitlines()[:3]
-    assert header.split()[:4] == ["split", "utts", "skipped", "words"]
-    assert row.split()[:3] == ["half", str(len(cuts) - 3), "3"]
+    assert header.split()[:5] == ["split", "utts", "dropped", "skipped", "words"]
+    assert row.split()[:4] == ["half", str(len(cuts) - 3), "0", "3"]
 
 
 @pytest.mark.slow  # tracing the model
