@@ -17,6 +17,7 @@ import random
 import re
 import shutil
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -121,14 +122,18 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> None:
         os.close(directory_fd)
 
 
-def save_checkpoint(state: dict[str, Any], directory: str | Path, step: int, keep_last: int) -> Path:
-    """Write ``state`` as the checkpoint of ``step``, then keep it and the newest ``keep_last - 1`` older ones. Only
-    older checkpoints are ever deleted: never the one just written, never one of a later step."""
+def save_checkpoint(
+    state: dict[str, Any], directory: str | Path, step: int, keep_last: int, keep_steps: Collection[int] = ()
+) -> Path:
+    """Write ``state`` as the checkpoint of ``step``, then keep it, the newest ``keep_last - 1`` older ones and those
+    of ``keep_steps`` (the best validated, ``train.keep_best``). Only older checkpoints are ever deleted: never the
+    one just written, never one of a later step."""
     path = checkpoint_path(directory, step)
     save_atomic(state, path)
     older = [p for p in list_checkpoints(directory) if checkpoint_step(p) < step]
     for old in older[: max(0, len(older) - (keep_last - 1))]:
-        old.unlink(missing_ok=True)
+        if checkpoint_step(old) not in keep_steps:
+            old.unlink(missing_ok=True)
     return path
 
 

@@ -48,19 +48,44 @@ class TrainConfig:
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.98)
     grad_clip: float = 5.0
+    accum_grad: int = 1
+    """Batches whose gradients one optimizer step sums: the effective batch is ``accum_grad`` x ``data.max_duration``
+    seconds x ranks. The loss is divided by the target tokens of all of them (the per-token loss of their union, as
+    one batch; exact unless a layer depends on the batch, such as ``model.encoder.conv_norm=batch``, which sees each
+    micro-batch alone); DDP all-reduces once, on the last; DMAO's scores read the summed gradient, once per step.
+    ``steps`` counts optimizer steps, and checkpoints fall between them."""
     log_every: int = 10
     checkpoint_every: int = 500
     keep_last: int = 3
     max_bad_steps: int = 10
     """Stop with an error after this many consecutive batches with a NaN/inf loss or gradient."""
     eval_splits: tuple[str, ...] = ("dev", "test")
+    """Scored (greedy decoding) after the last step: ``eval`` records, hyp_<split>.txt and the WER table."""
     eval_max_duration: float = 400.0
+    """Seconds of audio per decoding batch (final evaluation and validation)."""
+    eval_every: int = 0
+    """Steps between validations (0: none): after every ``eval_every``-th step the corpus split ``valid_split`` is
+    decoded (greedy, by rank 0 while the other ranks wait) and a ``valid`` record (WER, CER, the checkpoint's file
+    name) is written to metrics.jsonl, TensorBoard (``valid/<split>/wer``) and train.log; a checkpoint of that step
+    is written with it. Validation changes nothing in training: the same weights with or without it."""
+    valid_split: str = "dev"
+    """The corpus split that validation scores (a split the corpus lacks is an error at the start of training)."""
+    keep_best: int = 0
+    """With ``eval_every``: the checkpoints of the ``keep_best`` lowest validation WERs (the earlier step among equals)
+    are kept besides the ``keep_last`` newest ones (``dmao average --best N`` averages them)."""
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("steps", "log_every", "checkpoint_every", "max_bad_steps", "keep_last"):
+        for name in ("steps", "log_every", "checkpoint_every", "max_bad_steps", "keep_last", "accum_grad"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("eval_every", "keep_best"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: off), got {getattr(self, name)}")
+        if self.keep_best and not self.eval_every:
+            raise ValueError(f"keep_best={self.keep_best} keeps validated checkpoints: set eval_every as well")
+        if not self.valid_split.strip():
+            raise ValueError("valid_split must name a corpus split")
         if self.processes < 1:
             raise ValueError(f"processes must be >= 1, got {self.processes}")
         if self.threads < 0:
@@ -166,6 +191,9 @@ RUN_NEUTRAL_KEYS = (
     "train.max_bad_steps",
     "train.eval_splits",
     "train.eval_max_duration",
+    "train.eval_every",
+    "train.valid_split",
+    "train.keep_best",
 )
 """Keys that say where and how a run is carried out, not what it computes: they may differ on resume."""
 FIXED_ON_RESUME = (
@@ -216,8 +244,13 @@ def neutral_changes(saved: dict, cfg: RunConfig) -> dict[str, tuple[object, obje
 
 def run_changes(saved: dict, cfg: RunConfig) -> dict[str, tuple[object, object]]:
     """The keys outside :data:`RUN_NEUTRAL_KEYS` whose values differ between a recorded run config and ``cfg``:
-    (recorded, new) by key."""
+    (recorded, new) by key. A key the recorded config lacks, and no recorded value contains, was added after that run
+    was written: it counts with its default, the behaviour that run had."""
     old, new = flatten(saved), flatten(to_dict(cfg))
+    defaults = flatten(to_dict(RunConfig()))
+    for key in set(new) - set(old):
+        if key in defaults and not any(_covers(recorded, key) for recorded in old):
+            old[key] = defaults[key]
     return {
         key: (old.get(key, "(absent)"), new.get(key, "(absent)"))
         for key in sorted(set(old) | set(new))

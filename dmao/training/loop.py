@@ -1,9 +1,11 @@
 """The training recipe: ``setup → train → evaluate → cleanup`` around the one step function
 (:func:`dmao.training.step.train_step`), with ``save_checkpoint`` whenever the state must survive.
 
-Per step the loop reads a batch (audio decoded in DataLoader workers), runs the step, logs, and checkpoints every
-``checkpoint_every`` steps. A re-allocation event happens after its step's update; a checkpoint is written just
-before it, so an event that fails loses no finished step. After the last step: final checkpoint, then dev/test WER.
+Per step the loop reads a batch, or ``accum_grad`` micro-batches (audio decoded in DataLoader workers), runs the
+step, logs, validates every ``eval_every`` steps, and checkpoints every ``checkpoint_every`` steps and at each
+validation. Checkpoints and stops fall between optimizer steps only. A re-allocation event happens after its step's
+update; a checkpoint is written just before it, so an event that fails loses no finished step. After the last step:
+final checkpoint, then dev/test WER.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dmao.config import ConfigError, save_yaml, to_dict
 from dmao.data.batches import AudioBatch, AudioBatchDataset, ResumableSampler
 from dmao.data.corpus import load_splits
 from dmao.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
-from dmao.decoding.evaluate import Evaluation, evaluate, write_transcripts
+from dmao.decoding.evaluate import Evaluation, evaluate, wer_table, write_transcripts
 from dmao.decoding.wer import CorpusScore
 from dmao.device import amp_dtype_for, check_training_memory, resolve_device
 from dmao.encoders.common import check_layout_matches
@@ -47,11 +49,16 @@ from dmao.training.distributed import (
     shutdown,
 )
 from dmao.training.events import LossSpikeWatch, event_record
-from dmao.training.metrics import MetricsLog, Progress, TrainingWindow
+from dmao.training.metrics import MetricsLog, Progress, TrainingWindow, best_validated, read_metrics
 from dmao.training.run_dir import RunDirError, RunLock, claim_run_dir, probe_writable
 from dmao.training.step import StepResult, build_optimization, train_step
 
 log = logging.getLogger(__name__)
+run_log = logging.getLogger("dmao.run")
+"""The run's own numbers, for train.log only, whatever the logging set-up (the console has the progress bar and the
+printed WER table): train and valid records, the final WER table."""
+run_log.propagate = False
+run_log.setLevel(logging.INFO)
 
 
 class TrainingError(RuntimeError):
@@ -176,6 +183,8 @@ class Trainer:
         self._saved_step = -1
         self._lock: RunLock | None = None
         self._log_file: logging.Handler | None = None
+        self.validations: list[dict[str, Any]] = []
+        """Rank 0: the ``valid`` records of this run so far (those before a resume included)."""
 
     # ----------------------------------------------------------------------------------------------- set-up
     def _resume_state(self) -> dict[str, Any] | None:
@@ -226,6 +235,7 @@ class Trainer:
         self._log_file = logging.FileHandler(self.run_dir / "train.log")
         self._log_file.setFormatter(next((h.formatter for h in root.handlers if h.formatter), None))
         root.addHandler(self._log_file)
+        run_log.addHandler(self._log_file)
 
     def _prepare_tokenizer(self, train_texts: list[str], state: dict[str, Any] | None) -> Tokenizer:
         """A new run trains the tokenizer into run_dir/tokenizer; a resumed one restores it there from the
@@ -280,6 +290,11 @@ class Trainer:
             self.splits = load_splits(cfg.data, sample_rate, progress=False)
         if "train" not in self.splits:
             raise TrainingError(f"corpus {cfg.data.corpus!r} has no 'train' split (found {sorted(self.splits)})")
+        if cfg.train.eval_every and cfg.train.valid_split not in self.splits:
+            raise ConfigError(
+                f"train.valid_split: corpus {cfg.data.corpus!r} has no split {cfg.train.valid_split!r} (its splits: "
+                f"{', '.join(sorted(self.splits))})"
+            )
         self.tokenizer = self._prepare_tokenizer([c.supervisions[0].text for c in self.splits["train"]], state)
         self.model = CTCModel(cfg.model, self.tokenizer.vocab_size, layout=layout).to(self.device)
         self.opt = build_optimization(self.model, cfg.train, self.device, self.amp_dtype)
@@ -300,7 +315,9 @@ class Trainer:
         self.forward = self._wrap(self.model)
         if self.dist.is_main:
             save_yaml(cfg.as_recorded(), self.run_dir / "config.yaml")
-            self.metrics = MetricsLog(self.run_dir)
+            self.metrics = MetricsLog(self.run_dir, self.step, self._replayed_kinds())
+            if self.metrics.path.is_file():
+                self.validations = [r for r in read_metrics(self.run_dir) if r["kind"] == "valid"]
             counts = self.model.parameter_counts()
             log.info(
                 "model: %s parameters (%s)",
@@ -308,6 +325,16 @@ class Trainer:
                 ", ".join(f"{k} {v:,}" for k, v in counts.items() if k != "total"),
             )
             log.info("layout:\n%s", self.model.layout().table())
+
+    def _replayed_kinds(self) -> set[str]:
+        """The kinds of record this run writes again at the step it starts from: the event that the checkpoint just
+        before it precedes, and the final evaluation of a run that has no step left to train."""
+        replayed = set()
+        if self.engine is not None and self.engine.due(self.step):
+            replayed.add("event")
+        if self.step >= self.cfg.train.steps:
+            replayed.add("eval")
+        return replayed
 
     def _wrap(self, model: CTCModel) -> torch.nn.Module:
         """What runs the forward pass: the model, its DDP wrapper, compiled if configured. Rebuilt after every event:
@@ -395,7 +422,10 @@ class Trainer:
             states = gathered
         path = None
         if self.dist.is_main:
-            path = ckpt.save_checkpoint(self._state(states), self.ckpt_dir, self.step, self.cfg.train.keep_last)
+            best = best_validated(self.validations, self.cfg.train.keep_best, self.cfg.train.valid_split)
+            path = ckpt.save_checkpoint(
+                self._state(states), self.ckpt_dir, self.step, self.cfg.train.keep_last, {r["step"] for r in best}
+            )
         barrier(self.dist)
         self._saved_step = self.step
         return path
@@ -416,12 +446,13 @@ class Trainer:
             worker_init_fn=_leave_signals_to_the_trainer,
         )
 
-    def _on_bad_step(self, batch: AudioBatch, progress: Progress) -> None:
+    def _on_bad_step(self, batches: list[AudioBatch], progress: Progress) -> None:
         self.bad_steps_in_row += 1
         self.bad_steps_total += 1
+        cut_ids = [cut_id for batch in batches for cut_id in batch.cut_ids]
         message = (
             f"step {self.step + 1}: non-finite loss or gradient, batch skipped "
-            f"({self.bad_steps_in_row} in a row; cuts {', '.join(batch.cut_ids[:4])}...)"
+            f"({self.bad_steps_in_row} in a row; cuts {', '.join(cut_ids[:4])}...)"
         )
         progress.write(message)
         log.warning(message)
@@ -509,6 +540,7 @@ class Trainer:
         cfg = self.cfg.train
         progress = Progress(cfg.steps, self.step, enabled=cfg.progress and self.dist.is_main)
         window = TrainingWindow()
+        micro_batches: list[AudioBatch] = []  # the next step's usable batches so far; empty between steps
         try:
             if self.engine is not None and self.engine.due(self.step):
                 self._reallocate(progress)  # resumed from the checkpoint written just before an event
@@ -518,45 +550,15 @@ class Trainer:
                 if self.step >= cfg.steps:
                     break
                 stop, empty = self._agree(not batch.cut_ids)
-                if stop:  # before this batch counts as consumed: the resumed run trains on it
+                if stop and not micro_batches:  # before this batch counts as consumed: the resumed run trains on it
                     self._stop()
                 self.sampler.consumed()
                 self.unreadable.add(batch, empty)
-                if empty:
-                    continue
-                batch = batch.to(self.device)
-                result = train_step(
-                    self.model, batch, self.step + 1, self.opt, self.engine, self.amp_dtype, self.dist, self.forward
-                )
-                if result.status == "skipped_bad":
-                    self._on_bad_step(batch, progress)
-                    continue
-                if result.status == "fp16_overflow":  # routine with fp16, not bad data: skipped, not counted
-                    self.fp16_overflows += 1
-                    continue
-                self.bad_steps_in_row = 0
-                self.step += 1
-                recovery = self.spike_watch.observe(self.step, result.loss)
-                if self.dist.is_main:
-                    self._record(result, recovery, progress)
-                if self.engine is not None and self.engine.due(self.step):
-                    self._reallocate(progress)
-                window.step_done(result.loss, batch)
-                lr = self.opt.scheduler.get_last_lr()[0]
-                progress.update(1, batch.seconds * self.dist.world_size, result.loss, lr)
-                if self.dist.is_main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
-                    self.metrics.write(
-                        "train",
-                        self.step,
-                        **window.record(),
-                        lr=lr,
-                        grad_norm=result.grad_norm,
-                        epoch=self.sampler.epoch,
-                        bad_steps_total=self.bad_steps_total,
-                        fp16_overflows=self.fp16_overflows,
-                    )
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
-                    self.save_checkpoint()
+                if not empty:
+                    micro_batches.append(batch.to(self.device))
+                if len(micro_batches) == cfg.accum_grad:
+                    self._optimizer_step(micro_batches, progress, window)
+                    micro_batches = []
                 window.iteration_done()
             if self._agree(False)[0]:  # a signal during the last step: the run is done, but the user asked to stop
                 self._stop()
@@ -568,23 +570,87 @@ class Trainer:
         if unrecovered is not None and self.dist.is_main:
             self.metrics.write("event_recovery", self.step, **unrecovered)
 
+    def _optimizer_step(self, micro_batches: list[AudioBatch], progress: Progress, window: TrainingWindow) -> None:
+        """One training step on ``micro_batches`` and what follows it: records, the event, validation, checkpoint."""
+        cfg = self.cfg.train
+        result = train_step(
+            self.model, micro_batches, self.step + 1, self.opt, self.engine, self.amp_dtype, self.dist, self.forward
+        )
+        if result.status == "skipped_bad":
+            self._on_bad_step(micro_batches, progress)
+            return
+        if result.status == "fp16_overflow":  # routine with fp16, not bad data: skipped, not counted
+            self.fp16_overflows += 1
+            return
+        self.bad_steps_in_row = 0
+        self.step += 1
+        recovery = self.spike_watch.observe(self.step, result.loss)
+        if self.dist.is_main:
+            self._record(result, recovery, progress)
+        if self.engine is not None and self.engine.due(self.step):
+            self._reallocate(progress)
+        window.step_done(result.loss, micro_batches)
+        lr = self.opt.scheduler.get_last_lr()[0]
+        progress.update(1, sum(b.seconds for b in micro_batches) * self.dist.world_size, result.loss, lr)
+        if self.dist.is_main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+            record = window.record()
+            self.metrics.write(
+                "train",
+                self.step,
+                **record,
+                lr=lr,
+                grad_norm=result.grad_norm,
+                epoch=self.sampler.epoch,
+                bad_steps_total=self.bad_steps_total,
+                fp16_overflows=self.fp16_overflows,
+            )
+            run_log.info(
+                "step %d/%d  loss %.4f  lr %.3g  grad-norm %.3g  %.0f audio-s/s", self.step, cfg.steps,
+                record["loss"], lr, result.grad_norm, record["audio_seconds_per_second"] * self.dist.world_size,
+            )  # fmt: skip
+        if cfg.eval_every and self.step % cfg.eval_every == 0:
+            self._validate(progress)  # checkpoints this step too
+        elif self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+            self.save_checkpoint()
+
+    def _validate(self, progress: Progress) -> None:
+        """Score ``train.valid_split`` now: rank 0 decodes while the other ranks wait (at the barrier), then every
+        rank takes part in this step's checkpoint, the file the ``valid`` record names. The record is written before
+        the checkpoint: a run killed in between resumes from an older checkpoint and drops the record with the
+        steps it trains again, and the rotation already knows this checkpoint's WER."""
+        split = self.cfg.train.valid_split
+        if self.dist.is_main:
+            result = self._score(split)
+            record = {
+                "split": split,
+                "wer": result.score.wer,
+                "cer": result.score.cer,
+                "utterances": result.scored,
+                "skipped": len(result.skipped),
+                "checkpoint": ckpt.checkpoint_path(self.ckpt_dir, self.step).name,
+            }
+            self.metrics.write("valid", self.step, **record)
+            self.validations.append({"kind": "valid", "step": self.step, **record})
+            line = (
+                f"step {self.step}: {split} WER {100 * result.score.wer:.2f} %, CER {100 * result.score.cer:.2f} % "
+                f"({result.scored} utterances)"
+            )
+            run_log.info(line)
+            progress.write(line)
+        barrier(self.dist)
+        self.save_checkpoint()
+
     # ----------------------------------------------------------------------------------------------- evaluation
     def evaluate(self) -> dict[str, Evaluation]:
         evaluations: dict[str, Evaluation] = {}
         if not self.dist.is_main:
             return evaluations
-        if self.engine is not None:
-            self.engine.set_gates_active(True)  # a learnable-score run may have ended on a gates-off step
         for split in self.cfg.train.eval_splits:
             if split not in self.splits:
                 log.warning("no %r split in corpus %r; not evaluated", split, self.cfg.data.corpus)
                 continue
-            result = evaluate(
-                self.model, self.splits[split], self.tokenizer, self.cfg.train.eval_max_duration, self.amp_dtype, split
-            )
+            result = self._score(split)
             write_transcripts(self.run_dir / f"hyp_{split}.txt", result.transcripts)
-            for reason in result.skipped:
-                log.warning("%s: skipped unreadable audio: %s", split, reason)
             self.metrics.write(
                 "eval",
                 self.step,
@@ -595,13 +661,27 @@ class Trainer:
                 skipped=len(result.skipped),
             )
             evaluations[split] = result
+        if evaluations:
+            run_log.info("after step %d:\n%s", self.step, wer_table(evaluations))
         return evaluations
+
+    def _score(self, split: str) -> Evaluation:
+        """Greedy decoding of a corpus split with the model as it is, scored."""
+        if self.engine is not None:  # a learnable-score run evaluates with its gates (training sets them every step)
+            self.engine.set_gates_active(True)
+        result = evaluate(
+            self.model, self.splits[split], self.tokenizer, self.cfg.train.eval_max_duration, self.amp_dtype, split
+        )
+        for reason in result.skipped:
+            log.warning("%s: skipped unreadable audio: %s", split, reason)
+        return result
 
     def cleanup(self) -> None:
         if self.dist.is_main and hasattr(self, "metrics"):
             self.metrics.close()
         if self._log_file is not None:
             logging.getLogger().removeHandler(self._log_file)
+            run_log.removeHandler(self._log_file)
             self._log_file.close()
         if self._lock is not None:
             self._lock.release()
