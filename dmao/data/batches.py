@@ -16,6 +16,7 @@ import torch
 from lhotse import CutSet
 from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
 
+from dmao.data import sphere  # noqa: F401  (workers that unpickle the dataset read .sph without sph2pipe)
 from dmao.data.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)

@@ -1,9 +1,11 @@
 """Audio sources that would run a program when read, found anywhere in a cut (transforms included).
 
 lhotse runs a shell for a ``type: command`` source, for a ``url`` source that starts with ``pipe:``, and for the
-formats it decodes through an external tool built into a shell command from the path (SPHERE through ``sph2pipe``,
-Opus in its legacy mode): a path with shell syntax in it then runs that syntax. A manifest or data directory must not
-be able to run code, so these are refused unless the user opts in (``data.run_audio_commands``).
+formats it decodes through an external tool built into a shell command from the path (Opus in its legacy mode): a
+path with shell syntax in it then runs that syntax. A manifest or data directory must not be able to run code, so
+these are refused unless the user opts in (``data.run_audio_commands``). SPHERE, which lhotse would decode through a
+``sph2pipe`` shell command, is read in Python by :mod:`dmao.data.sphere` (imported here, so it is installed wherever
+these checks are relied on), so any ``.sph`` path is only a file name.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-SHELL_DECODED_SUFFIXES = (".sph", ".opus")
+from dmao.data import sphere  # noqa: F401  (reads .sph in place of lhotse's sph2pipe shell command)
+
+SHELL_DECODED_SUFFIXES = (".opus",)
 SHELL_SAFE_PATH = re.compile(r"[A-Za-z0-9_./+@%=,:~-]+")
 
 

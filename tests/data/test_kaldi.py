@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from corpora.sphere import write_sphere
 from lhotse import AudioSource, CutSet, Recording, SupervisionSegment
 
 from dmao.data.corpus import DataConfig, clean_cuts
@@ -162,21 +163,24 @@ def test_a_bad_reco2dur_value_is_named(tmp_path):
         load_kaldi_dir(directory)
 
 
-def test_a_sphere_path_with_shell_syntax_is_refused(tmp_path):
+def test_a_sphere_path_with_shell_syntax_is_only_a_file_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where a shell would have created PWNED
     directory = data_dir(tmp_path)
     evil = tmp_path / "a;touch PWNED;#.sph"
-    evil.write_bytes(b"NIST_1A")
+    write_sphere(evil, (1000 * np.random.default_rng(0).standard_normal(16000)).astype(np.int16), 8000, shorten=True)
     write(directory / "wav.scp", [f"rec1 {evil}", f"rec2 {tmp_path / 'rec2.wav'}"])
-    with pytest.raises(ValueError, match="is decoded through a shell with the path"):
-        load_kaldi_dir(directory)
-    assert not (tmp_path / "PWNED").exists()
+    cuts, report = load_kaldi_dir(directory)  # SPHERE is read in Python (dmao.data.sphere), never through a shell
+    first = next(cut for cut in cuts if cut.id == "u1")
+    assert report.summary() == "nothing skipped" and first.load_audio().shape == (1, 8000)
+    cleaned, _ = clean_cuts(cuts, DataConfig(), "kaldi/train", sample_rate=8000)
+    assert len(cleaned) == 4 and not (tmp_path / "PWNED").exists()
 
 
 @pytest.mark.parametrize(
     "source",
     [
         {"type": "url", "channels": [0], "source": "pipe:touch {witness}; cat {wav}"},
-        {"type": "file", "channels": [0], "source": "{wav}; touch {witness}; #.sph"},
+        {"type": "file", "channels": [0], "source": "{wav}; touch {witness}; #.opus"},
     ],
 )
 def test_other_ways_to_run_a_program_from_a_manifest_are_refused(tmp_path, source):
