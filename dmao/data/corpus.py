@@ -4,7 +4,8 @@ Sources: the embedded synthetic corpus (no download), a lhotse recipe over audio
 TED-LIUM v2, Switchboard + Hub5'00), ready lhotse manifests, or Kaldi data directories. Every source ends in the same
 cleaning pass: transcripts normalised with the corpus's rules, empty transcripts and clips outside the duration limits
 dropped and counted, recordings at another sample rate resampled lazily to the rate the model's features expect
-(``model.features.sample_rate``, passed in by the caller: the one source of the sample rate).
+(``model.features.sample_rate``, passed in by the caller: the one source of the sample rate). Shorten-compressed
+SPHERE audio (Switchboard) is decoded once to FLAC in the cache, since it cannot be read from the middle.
 """
 
 from __future__ import annotations
@@ -15,16 +16,21 @@ import json
 import logging
 import re
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from lhotse import CutSet, SupervisionSet
+import numpy as np
+import soundfile
+from lhotse import CutSet, Recording, SupervisionSet
+from lhotse.utils import fastcopy
 
-from dmao.data import sphere  # noqa: F401  (installs the SPHERE reader: lhotse then needs no sph2pipe)
+from dmao.data import sphere  # importing it installs the SPHERE reader: lhotse then needs no sph2pipe
 from dmao.data.kaldi import load_kaldi_dir
 from dmao.data.normalize import TextRules, text_rules
 from dmao.data.sources import shell_risks
+from dmao.data.synth import SPLITS as SYNTH_SPLITS
 from dmao.data.synth import SynthConfig, synthesize_corpus
 
 log = logging.getLogger(__name__)
@@ -409,10 +415,44 @@ def _recipe_parts(cfg: DataConfig, wanted: list[str], num_jobs: int) -> dict[str
         work.mkdir(parents=True, exist_ok=True)  # recipes such as tedlium2 do not create it
         log.info("%s: preparing %s from %s (once; cached in %s)", cfg.corpus, ", ".join(todo), cfg.corpus_dir, out)
         for part, cuts in corpus.read(cfg, work, todo, num_jobs).items():
+            cuts = _without_shorten(cuts, out / "audio", num_jobs)
             partial = cached[part].with_name(f".partial-{cached[part].name}")  # lhotse compresses by the suffix
             cuts.to_file(partial)
             partial.replace(cached[part])  # a killed preparation leaves no half-written manifest behind
     return {part: CutSet.from_file(path).to_eager() for part, path in cached.items()}
+
+
+def _shorten_source(recording: Recording) -> str | None:
+    """The path of a recording that is one shorten-compressed SPHERE file, else None."""
+    if len(recording.sources) != 1 or recording.sources[0].type != "file":
+        return None
+    path = recording.sources[0].source
+    return path if path.lower().endswith(".sph") and sphere.read_sphere_header(path).shorten else None
+
+
+def _decode_to_flac(source: str, target: Path) -> None:
+    samples, rate = sphere.read_sphere(source)  # [C, N], exact multiples of 1/32768 (16-bit PCM or mu-law)
+    partial = target.with_name(f".partial-{target.name}")
+    soundfile.write(partial, np.round(samples.T * 32768).astype(np.int16), rate, format="FLAC", subtype="PCM_16")
+    partial.replace(target)
+
+
+def _without_shorten(cuts: CutSet, audio_dir: Path, num_jobs: int) -> CutSet:
+    """Cuts whose shorten-compressed SPHERE recordings (Switchboard) are decoded once, losslessly, to FLAC under
+    ``audio_dir``. Shorten can only be decoded from a file's start: read in training's random order, every cut would
+    decode its whole conversation again."""
+    recordings = {cut.recording.id: cut.recording for cut in cuts}
+    sources = {rid: path for rid, rec in recordings.items() if (path := _shorten_source(rec)) is not None}
+    if not sources:
+        return cuts
+    audio_dir.mkdir(parents=True, exist_ok=True)
+    targets = {rid: audio_dir / f"{rid}.flac" for rid in sources}
+    todo = [rid for rid, target in targets.items() if not target.is_file()]
+    log.info("decoding %d shorten-compressed SPHERE files to FLAC in %s (once)", len(todo), audio_dir)
+    with ProcessPoolExecutor(max(1, num_jobs)) as pool:
+        list(pool.map(_decode_to_flac, [sources[r] for r in todo], [targets[r] for r in todo]))
+    decoded = {rid: Recording.from_file(target, recording_id=rid) for rid, target in targets.items()}
+    return CutSet.from_cuts(fastcopy(c, recording=decoded.get(c.recording.id, c.recording)) for c in cuts)
 
 
 def _load_given(cfg: DataConfig) -> tuple[dict[str, CutSet], dict[str, int]]:
@@ -468,6 +508,15 @@ def prepare_corpus(cfg: DataConfig, sample_rate: int, num_jobs: int = 2, progres
         prepared.reports[split], prepared.rules[split] = report, rules
         log.info("%s: %s", name, report.summary())
     return prepared
+
+
+def split_names(cfg: DataConfig) -> list[str]:
+    """The splits the configured corpus has, without preparing it (a recipe corpus: from the parts on disk)."""
+    if cfg.corpus == "embedded":
+        return list(SYNTH_SPLITS)
+    if cfg.corpus in ("manifests", "kaldi"):
+        return list(cfg.manifests)
+    return list(RECIPE_CORPORA[cfg.corpus].splits(cfg))
 
 
 def _joined(cut_sets: list[CutSet]) -> CutSet:

@@ -105,7 +105,7 @@ def collect_cell(cell: Cell, paths: GridPaths) -> CellResult:
     for evaluation in result.history.evals:
         if evaluation["step"] == cfg.train.steps:
             result.scores[evaluation["split"]] = {key: evaluation[key] for key in ("wer", "cer", "utterances")}
-    for split in cfg.train.eval_splits:
+    for split in cfg.evaluation_splits():
         result.utterances[split] = utterance_errors(cell.run_dir / f"hyp_{split}.txt")
     result.parameters = _parameters(result.history, cell.run_dir, cfg)
     return result

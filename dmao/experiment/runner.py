@@ -73,7 +73,9 @@ def is_finished(cell: Cell) -> bool:
     except (FileNotFoundError, ValueError, KeyError):
         return False
     evaluated = {r.get("split") for r in records if r.get("kind") == "eval" and r.get("step") == cfg.train.steps}
-    return all(split in evaluated and (cell.run_dir / f"hyp_{split}.txt").is_file() for split in cfg.train.eval_splits)
+    return all(
+        split in evaluated and (cell.run_dir / f"hyp_{split}.txt").is_file() for split in cfg.evaluation_splits()
+    )
 
 
 class CellLock:

@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 
 from dmao.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
-from dmao.data.corpus import DataConfig
+from dmao.data.corpus import DataConfig, split_names
 from dmao.device import parse_device
 from dmao.encoders import block_type
 from dmao.encoders.common import starting_block
@@ -59,8 +59,10 @@ class TrainConfig:
     keep_last: int = 3
     max_bad_steps: int = 10
     """Stop with an error after this many consecutive batches with a NaN/inf loss or gradient."""
-    eval_splits: tuple[str, ...] = ("dev", "test")
-    """Scored (greedy decoding) after the last step: ``eval`` records, hyp_<split>.txt and the WER table."""
+    eval_splits: tuple[str, ...] | None = None
+    """Scored (greedy decoding) after the last step: ``eval`` records, hyp_<split>.txt, the trn files and the WER
+    table. ``None`` (the default): every split of the corpus but ``train`` (LibriSpeech: its four sets); ``[]``:
+    none. A listed split the corpus lacks is an error when training starts."""
     eval_max_duration: float = 400.0
     """Seconds of audio per decoding batch (final evaluation and validation)."""
     eval_every: int = 0
@@ -151,6 +153,12 @@ class RunConfig:
         for key in self.resume_changes:
             if not any(_covers(key, name) for name in known):
                 raise ConfigError(f"resume_changes: {key!r} is not a config key or section")
+
+    def evaluation_splits(self) -> list[str]:
+        """The splits the run scores at its end: ``train.eval_splits``, or every corpus split but train."""
+        if self.train.eval_splits is not None:
+            return list(self.train.eval_splits)
+        return [split for split in split_names(self.data) if split != "train"]
 
     def as_recorded(self) -> RunConfig:
         """This configuration as a run directory records it: the run's settings, without the one-off request to

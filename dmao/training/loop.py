@@ -28,9 +28,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dmao.config import ConfigError, save_yaml, to_dict
 from dmao.data.batches import AudioBatch, AudioBatchDataset, ResumableSampler
-from dmao.data.corpus import load_splits
+from dmao.data.corpus import prepare_corpus
 from dmao.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
-from dmao.decoding.evaluate import Evaluation, evaluate, wer_table, write_transcripts
+from dmao.decoding.evaluate import Evaluation, evaluate, wer_table, write_scoring_files
 from dmao.decoding.wer import CorpusScore
 from dmao.device import amp_dtype_for, check_training_memory, resolve_device
 from dmao.encoders.common import check_layout_matches
@@ -212,6 +212,8 @@ class Trainer:
         if chosen is None:
             raise TrainingError(f"no checkpoint in {self.ckpt_dir} is readable (see the warnings above)")
         state = ckpt.read_checkpoint(chosen)
+        if state.get("optimizer") is None:
+            raise TrainingError(f"{chosen} is an averaged inference checkpoint (dmao average), not a training state")
         check_resume_config(state["config"], self.cfg)
         for key, (old, new) in neutral_changes(state["config"], self.cfg).items():
             log.warning("resuming with %s %r -> %r: the same run, but not bit-identical to an uninterrupted one", key,
@@ -241,6 +243,7 @@ class Trainer:
         """A new run trains the tokenizer into run_dir/tokenizer; a resumed one restores it there from the
         checkpoint (the files every later checkpoint stores), whatever the folder held."""
         directory = self.run_dir / "tokenizer"
+        given = Path(self.cfg.data.tokenizer_dir).expanduser() if self.cfg.data.tokenizer_dir else None
         if self.dist.is_main:
             if directory.exists():
                 shutil.rmtree(directory)  # ours: the run directory carries our marker
@@ -249,6 +252,15 @@ class Trainer:
                 for name, content in state["tokenizer"].items():
                     ckpt.check_plain_file_name(name)
                     (directory / name).write_bytes(content)
+            elif given is not None:
+                try:
+                    tokenizer = load_tokenizer(given)
+                except (OSError, ValueError) as err:
+                    raise ConfigError(f"data.tokenizer_dir: {err} (make one with `dmao data bpe`)") from None
+                if tokenizer.kind != self.cfg.data.tokenizer:
+                    raise ConfigError(f"data.tokenizer_dir: {given} holds a {tokenizer.kind!r} tokenizer, "
+                                      f"data.tokenizer is {self.cfg.data.tokenizer!r}")  # fmt: skip
+                tokenizer.save(directory)  # the run keeps its own copy: the shared one may change later
             else:
                 bpe = self.cfg.data.tokenizer == "bpe"
                 build_tokenizer(
@@ -284,17 +296,22 @@ class Trainer:
         seed_everything(cfg.train.seed)
         sample_rate = cfg.model.features.sample_rate
         if self.dist.is_main:  # build or prepare the corpus once; the other ranks then read the cache
-            self.splits = load_splits(cfg.data, sample_rate, num_jobs=os.cpu_count() or 1, progress=cfg.train.progress)
+            self.corpus = prepare_corpus(cfg.data, sample_rate, os.cpu_count() or 1, progress=cfg.train.progress)
         barrier(self.dist)
         if not self.dist.is_main:
-            self.splits = load_splits(cfg.data, sample_rate, progress=False)
+            self.corpus = prepare_corpus(cfg.data, sample_rate, progress=False)
+        self.splits = self.corpus.splits
         if "train" not in self.splits:
             raise TrainingError(f"corpus {cfg.data.corpus!r} has no 'train' split (found {sorted(self.splits)})")
-        if cfg.train.eval_every and cfg.train.valid_split not in self.splits:
-            raise ConfigError(
-                f"train.valid_split: corpus {cfg.data.corpus!r} has no split {cfg.train.valid_split!r} (its splits: "
-                f"{', '.join(sorted(self.splits))})"
-            )
+        self.eval_splits = cfg.evaluation_splits()
+        for key, split in [("train.valid_split", cfg.train.valid_split)] * bool(cfg.train.eval_every) + [
+            ("train.eval_splits", s) for s in self.eval_splits
+        ]:
+            if split not in self.splits:  # known now, not after days of training
+                raise ConfigError(
+                    f"{key}: corpus {cfg.data.corpus!r} has no split {split!r} (its splits: "
+                    f"{', '.join(sorted(self.splits))})"
+                )
         self.tokenizer = self._prepare_tokenizer([c.supervisions[0].text for c in self.splits["train"]], state)
         self.model = CTCModel(cfg.model, self.tokenizer.vocab_size, layout=layout).to(self.device)
         self.opt = build_optimization(self.model, cfg.train, self.device, self.amp_dtype)
@@ -623,10 +640,7 @@ class Trainer:
             result = self._score(split)
             record = {
                 "split": split,
-                "wer": result.score.wer,
-                "cer": result.score.cer,
-                "utterances": result.scored,
-                "skipped": len(result.skipped),
+                **result.record(),
                 "checkpoint": ckpt.checkpoint_path(self.ckpt_dir, self.step).name,
             }
             self.metrics.write("valid", self.step, **record)
@@ -645,33 +659,22 @@ class Trainer:
         evaluations: dict[str, Evaluation] = {}
         if not self.dist.is_main:
             return evaluations
-        for split in self.cfg.train.eval_splits:
-            if split not in self.splits:
-                log.warning("no %r split in corpus %r; not evaluated", split, self.cfg.data.corpus)
-                continue
+        for split in self.eval_splits:
             result = self._score(split)
-            write_transcripts(self.run_dir / f"hyp_{split}.txt", result.transcripts)
-            self.metrics.write(
-                "eval",
-                self.step,
-                split=split,
-                wer=result.score.wer,
-                cer=result.score.cer,
-                utterances=result.scored,
-                skipped=len(result.skipped),
-            )
+            write_scoring_files(self.run_dir, split, result.transcripts)
+            self.metrics.write("eval", self.step, split=split, **result.record())
             evaluations[split] = result
         if evaluations:
             run_log.info("after step %d:\n%s", self.step, wer_table(evaluations))
         return evaluations
 
     def _score(self, split: str) -> Evaluation:
-        """Greedy decoding of a corpus split with the model as it is, scored."""
+        """Greedy decoding of a corpus split with the model as it is, scored with the split's text rules."""
         if self.engine is not None:  # a learnable-score run evaluates with its gates (training sets them every step)
             self.engine.set_gates_active(True)
-        result = evaluate(
-            self.model, self.splits[split], self.tokenizer, self.cfg.train.eval_max_duration, self.amp_dtype, split
-        )
+        cuts, rules, report = self.splits[split], self.corpus.rules[split], self.corpus.reports[split]
+        result = evaluate(self.model, cuts, self.tokenizer, self.cfg.train.eval_max_duration, self.amp_dtype, split,
+                          rules.scoring, report.dropped)  # fmt: skip
         for reason in result.skipped:
             log.warning("%s: skipped unreadable audio: %s", split, reason)
         return result

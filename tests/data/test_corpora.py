@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
+from corpora import fabricate
 
 from dmao.data.corpus import RECIPE_CORPORA, DataConfig, prepare_corpus
 from dmao.data.normalize import text_rules
-from tests.corpora import fabricate
 
 
 def _config(tmp_path, corpus_dir, **fields) -> DataConfig:
@@ -139,6 +140,20 @@ def test_switchboard_with_hub5_gives_train_dev_and_both_hub5_subsets(tmp_path, m
     sides = {(c.supervisions[0].channel, c.supervisions[0].speaker[-1]) for c in prepared.splits["train"]}
     assert sides == {(0, "A"), (1, "B")} and prepared.splits["train"][0].sampling_rate == 16000
     assert prepared.splits["train"][0].load_audio().std() > 0.01
+
+
+def test_shorten_compressed_conversations_are_decoded_once_to_identical_flac(tmp_path):
+    """Shorten cannot be read from the middle: preparation decodes each conversation once, losslessly."""
+    from dmao.data.sphere import read_sphere
+
+    corpus_dir, _ = fabricate.switchboard(tmp_path / "swb", conversations=2)
+    cfg = DataConfig(corpus="switchboard", corpus_dir=str(corpus_dir), cache_dir=str(tmp_path / "c"))
+    cut = prepare_corpus(cfg, 8000, progress=False).splits["train"][0]
+    source = cut.recording.sources[0].source
+    assert source.endswith(f"{cut.recording.id}.flac") and str(tmp_path / "c") in source
+    original = next(corpus_dir.rglob(f"{cut.recording.id}.sph"))
+    expected, _ = read_sphere(original, offset=cut.start, duration=cut.duration)  # [2, N]
+    assert np.array_equal(cut.load_audio()[0], expected[cut.supervisions[0].channel])
 
 
 def test_switchboard_without_its_transcripts_says_where_it_looked(tmp_path):

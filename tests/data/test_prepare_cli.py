@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from corpora import fabricate
 from lhotse import CutSet
 
 from dmao.cli import main
 from dmao.data.tokenizer import load_tokenizer
-from tests.corpora import fabricate
 
 
 @pytest.fixture(scope="module")

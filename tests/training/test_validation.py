@@ -49,7 +49,7 @@ def test_validation_changes_nothing_in_training(validated_run, validated_overrid
 def test_keep_best_keeps_the_lowest_validation_wers_from_rotation(smoke_config, monkeypatch):
     hypotheses = iter(["a", "", "a b", "", "a", ""])  # WER 0.5, 1, 0, 1, 0.5, 1 after steps 2, 4, ... 12
 
-    def scored(model, cuts, tokenizer, max_duration, amp_dtype=None, name=""):
+    def scored(model, cuts, tokenizer, max_duration, amp_dtype=None, name="", scoring=None, dropped=0):
         hypothesis = next(hypotheses)
         return Evaluation(score_corpus(["a b"], [hypothesis]), [Transcript("cut", "a b", hypothesis)], [])
 

@@ -1,0 +1,65 @@
+"""What a run takes from its corpus: the splits it scores, a tokenizer made beforehand."""
+
+from __future__ import annotations
+
+import pytest
+
+from dmao.config import ConfigError
+from dmao.data.corpus import load_splits
+from dmao.data.tokenizer import build_tokenizer, load_tokenizer
+from dmao.training.loop import Trainer, run_training
+
+
+@pytest.fixture
+def manifests(smoke_config, tmp_path):
+    """The smoke corpus as lhotse manifests, its dev split under two other names."""
+    cfg = smoke_config()
+    splits = load_splits(cfg.data, cfg.model.features.sample_rate, progress=False)
+    paths = {}
+    for name, split in (("train", "train"), ("eval92", "dev"), ("dev93", "test")):
+        paths[name] = tmp_path / f"cuts_{name}.jsonl.gz"
+        splits[split].to_file(paths[name])
+    return [f"data.manifests.{name}={path}" for name, path in paths.items()]
+
+
+def test_every_split_but_train_is_scored_by_default_each_under_its_name(smoke_config, manifests):
+    result = run_training(smoke_config("data.corpus=manifests", *manifests, "train.steps=2", "dmao.enabled=false"))
+    assert list(result.evaluations) == ["eval92", "dev93"]
+    assert all((result.run_dir / f"{kind}_eval92.{ext}").is_file() for kind, ext in [("hyp", "txt"), ("ref", "trn")])
+
+
+def test_a_listed_evaluation_split_the_corpus_lacks_is_an_error_before_training(smoke_config, manifests):
+    cfg = smoke_config("data.corpus=manifests", *manifests, "train.eval_splits=[eval92,test]")
+    trainer = Trainer(cfg)
+    with pytest.raises(ConfigError, match=r"train.eval_splits: corpus 'manifests' has no split 'test' \(its splits: "):
+        trainer.setup()
+    trainer.cleanup()
+    assert not list((trainer.run_dir / "checkpoints").glob("ckpt-*.pt"))
+
+
+def test_a_tokenizer_made_beforehand_is_the_one_the_run_uses(smoke_config, tmp_path):
+    shared = tmp_path / "shared-tokenizer"
+    build_tokenizer("char", ["abc def", "ghi jkl mno pqr stu vwx yz '"], shared)
+    result = run_training(
+        smoke_config(f"data.tokenizer_dir={shared}", "train.steps=2", "train.eval_splits=[]", "dmao.enabled=false")
+    )
+    used = load_tokenizer(result.run_dir / "tokenizer")
+    assert used.vocab_size == load_tokenizer(shared).vocab_size and used.encode("zab") == load_tokenizer(shared).encode(
+        "zab"
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda path: None, "data.tokenizer_dir: tokenizer description not found"),
+        (lambda path: build_tokenizer("bpe", ["a b c d e f g"] * 20, path, vocab_size=14), "holds a 'bpe' tokenizer"),
+    ],
+)
+def test_a_missing_or_mismatched_tokenizer_dir_is_named(smoke_config, tmp_path, make, message):
+    shared = tmp_path / "tok"
+    make(shared)
+    trainer = Trainer(smoke_config(f"data.tokenizer_dir={shared}"))
+    with pytest.raises(ConfigError, match=message):
+        trainer.setup()
+    trainer.cleanup()
