@@ -90,7 +90,7 @@ def test_the_average_of_two_checkpoints_is_the_hand_average_and_evaluates(tmp_pa
     manifest = _manifest(tmp_path)
     assert main(["eval", str(averaged_path), "--manifest", str(manifest), "--device", "cpu"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[2].split()[:4] == ["cuts_dev", "2", "0", "3"]  # both utterances, 3 reference words
+    assert table[2].split()[:5] == ["cuts_dev", "2", "0", "0", "3"]  # both utterances, none dropped, 3 words
     assert main(["transcribe", str(averaged_path), str(tmp_path / "utt0.wav"), "--device", "cpu"]) == 0
     assert capsys.readouterr().out.startswith(f"{tmp_path / 'utt0.wav'}\t")
 
