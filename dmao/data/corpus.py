@@ -10,11 +10,13 @@ SPHERE audio (Switchboard) is decoded once to FLAC in the cache, since it cannot
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import itertools
 import json
 import logging
 import re
+import shutil
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -252,6 +254,10 @@ class RecipeCorpus:
             raise FileNotFoundError(
                 f"{where}: {self.name} parts {missing} are not there (found: {', '.join(found) or 'none'})"
             )
+        for split, parts in splits.items():
+            rules = {self.part(p).rules for p in parts}
+            if len(rules) > 1:
+                raise ValueError(f"data.parts.{split}: {parts} mix transcript conventions ({', '.join(sorted(rules))})")
         if "train" not in splits and self.name != "eval2000":
             training = [p.name for p in self.parts if p.training]
             raise FileNotFoundError(
@@ -327,10 +333,7 @@ def _read_switchboard(cfg: DataConfig, out: Path, parts: list[str], jobs: int) -
         held_out = set(conversations[99::100] or conversations[-1:]) if len(conversations) > 1 else set()
         cuts["train"] = CutSet.from_cuts(c for c in train if c.recording_id not in held_out)
         cuts["dev"] = CutSet.from_cuts(c for c in train if c.recording_id in held_out)
-    hub5 = [p for p in parts if p.startswith("hub5")]
-    if hub5:
-        cuts |= _read_eval2000(replace(cfg, corpus_dir=cfg.hub5_dir), out / "eval2000", hub5, jobs)
-    return {part: cuts[part] for part in parts}
+    return {part: cuts[part] for part in parts}  # the Hub5'00 parts are eval2000's (see _recipe_parts)
 
 
 _HUB5_SUBSETS = {"hub5-swb": "sw", "hub5-callhome": "en"}  # Hub5'00 recording ids: sw_4390 (Switchboard), en_4156
@@ -396,30 +399,67 @@ PREPARED_FORMAT = 1
 """Bumped when what is cached for a recipe corpus changes; an older cache is then prepared again."""
 
 
+def _part_sources(cfg: DataConfig, wanted: list[str]) -> list[tuple[DataConfig, list[str]]]:
+    """Who prepares which parts: Switchboard's Hub5'00 test sets are eval2000's, prepared and cached from hub5_dir
+    on their own (adding data.hub5_dir later does not prepare Switchboard's training set again)."""
+    if cfg.corpus != "switchboard":
+        return [(cfg, wanted)]
+    own = [p for p in wanted if not p.startswith("hub5")]
+    hub5 = replace(cfg, corpus="eval2000", corpus_dir=cfg.hub5_dir, hub5_dir="", parts={}) if cfg.hub5_dir else None
+    return [(cfg, own)] * bool(own) + [(hub5, [p for p in wanted if p not in own])] * (len(own) < len(wanted))
+
+
 def _prepared_dir(cfg: DataConfig) -> Path:
-    """The cache folder of one corpus copy: a changed folder (or Hub5'00/transcripts folder) is prepared anew."""
-    sources = [str(Path(p).expanduser().resolve()) if p else "" for p in (cfg.corpus_dir, cfg.hub5_dir,
-               cfg.transcripts_dir)]  # fmt: skip
+    """The cache folder of one corpus copy, keyed by the folders its parts are read from: a changed folder is
+    prepared anew."""
+    folders = [cfg.corpus_dir, str(_switchboard_transcripts(cfg)) if cfg.corpus == "switchboard" else ""]
+    sources = [str(Path(p).expanduser().resolve()) if p else "" for p in folders]
     key = hashlib.sha256(json.dumps([PREPARED_FORMAT, cfg.corpus, *sources]).encode()).hexdigest()[:12]
     return Path(cfg.cache_dir).expanduser() / "prepared" / f"{cfg.corpus}-{key}"
 
 
+def _cached_parts(cfg: DataConfig, wanted: list[str]) -> dict[str, tuple[DataConfig, Path]]:
+    """Each wanted part's preparing config and cached cut manifest."""
+    return {
+        part: (source, _prepared_dir(source) / f"cuts_{part}.jsonl.gz")
+        for source, parts in _part_sources(cfg, wanted)
+        for part in parts
+    }
+
+
+def is_prepared(cfg: DataConfig) -> bool:
+    """Whether every part a recipe corpus's splits need is in the cache already (other corpora: True)."""
+    if cfg.corpus not in RECIPE_CORPORA:
+        return True
+    wanted = sorted({p for parts in RECIPE_CORPORA[cfg.corpus].splits(cfg).values() for p in parts})
+    return all(path.is_file() for _, path in _cached_parts(cfg, wanted).values())
+
+
 def _recipe_parts(cfg: DataConfig, wanted: list[str], num_jobs: int) -> dict[str, CutSet]:
     """Raw cuts of each wanted part, read by the lhotse recipe once and cached as cut manifests."""
-    corpus = RECIPE_CORPORA[cfg.corpus]
-    out = _prepared_dir(cfg)
-    cached = {part: out / f"cuts_{part}.jsonl.gz" for part in wanted}
-    todo = [part for part, path in cached.items() if not path.is_file()]
-    if todo:
-        work = out / "lhotse"
-        work.mkdir(parents=True, exist_ok=True)  # recipes such as tedlium2 do not create it
-        log.info("%s: preparing %s from %s (once; cached in %s)", cfg.corpus, ", ".join(todo), cfg.corpus_dir, out)
-        for part, cuts in corpus.read(cfg, work, todo, num_jobs).items():
-            cuts = _without_shorten(cuts, out / "audio", num_jobs)
-            partial = cached[part].with_name(f".partial-{cached[part].name}")  # lhotse compresses by the suffix
-            cuts.to_file(partial)
-            partial.replace(cached[part])  # a killed preparation leaves no half-written manifest behind
-    return {part: CutSet.from_file(path).to_eager() for part, path in cached.items()}
+    cached = _cached_parts(cfg, wanted)
+    for source, parts in _part_sources(cfg, wanted):
+        out = _prepared_dir(source)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another process preparing this corpus: wait, then use its work
+            todo = [part for part in parts if not cached[part][1].is_file()]
+            if todo:
+                _prepare_parts(source, out, todo, {p: cached[p][1] for p in todo}, num_jobs)
+    return {part: CutSet.from_file(path).to_eager() for part, (_, path) in cached.items()}
+
+
+def _prepare_parts(cfg: DataConfig, out: Path, parts: list[str], targets: dict[str, Path], num_jobs: int) -> None:
+    work = out / "lhotse"
+    if work.exists():  # ours, left by a killed preparation: lhotse would reuse its possibly truncated manifests
+        shutil.rmtree(work)
+    work.mkdir()  # recipes such as tedlium2 do not create it
+    log.info("%s: preparing %s from %s (once; cached in %s)", cfg.corpus, ", ".join(parts), cfg.corpus_dir, out)
+    for part, cuts in RECIPE_CORPORA[cfg.corpus].read(cfg, work, parts, num_jobs).items():
+        cuts = _without_shorten(cuts, out / "audio", num_jobs)
+        partial = targets[part].with_name(f".partial-{targets[part].name}")  # lhotse compresses by the suffix
+        cuts.to_file(partial)
+        partial.replace(targets[part])  # a killed preparation leaves no half-written manifest behind
 
 
 def _shorten_source(recording: Recording) -> str | None:

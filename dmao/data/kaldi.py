@@ -131,7 +131,7 @@ def decoded_file(command: str) -> tuple[str, int | None] | None:
         if option == "-f" and args[i + 1] not in ("wav", "rif"):
             return None
         if option == "-c" and program == "sph2pipe":
-            if not args[i + 1].isdigit() or int(args[i + 1]) < 1:
+            if not args[i + 1].isdecimal() or not args[i + 1].isascii() or int(args[i + 1]) < 1:
                 return None
             channel = int(args[i + 1]) - 1  # sph2pipe counts channels from 1
         i += 1 + options[option]

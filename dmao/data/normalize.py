@@ -57,17 +57,21 @@ def tedlium_reference(text: str) -> str:
     return " ".join(w.rstrip("'") for w in words if w.strip("'"))
 
 
-_SWB_LAUGHTER_WORD = re.compile(r"\[laughter-([^\]]+)\]")
-_SWB_UNSPOKEN_PART = re.compile(r"\[[^\]\s]*\]-|-\[[^\]\s]*\]")  # th[e]- (said "th"), -[h]ow (said "ow")
+_SWB_LAUGHTER_WORD = re.compile(r"\[laughter-((?:[^\[\]]|\[[^\]]*\])+)\]")  # may hold a fragment: ab[solute]-
+_SWB_MISPRONOUNCED = re.compile(r"\[((?:[^\[\]/]|\[[^\]]*\])*)/[^\[\]]*\]")  # [it'n/isn't]: said "it'n"
+_SWB_COINED = re.compile(r"\{([^}\s]*)\}")  # {yuppiedom}: a made-up word, said
+_SWB_UNSPOKEN_PART = re.compile(r"\[[^\]\s]*\]-|-\[[^\]\s]*\]|(?<=\w)\[[^\]\s]*\](?=\w)")  # th[e]-, -[h]ow, a[n]d
 _SWB_VARIANT = re.compile(r"_\d+\b")  # MS-State marks pronunciation variants: a_1
 
 
 def switchboard_reference(text: str) -> str:
-    """Switchboard's MS-State transcripts: ``[laughter-yes]`` is the word ``yes``; a word fragment keeps the part that
-    was said and its hyphen (``th[e]-`` -> ``th-``, ``-[h]ow`` -> ``-ow``); ``[noise]``, ``[laughter]``,
-    ``[vocalized-noise]`` and ``[silence]`` are removed; variant marks (``_1``) dropped; hyphenated words
-    (``uh-huh``) stay one word."""
+    """Switchboard's MS-State transcripts, as Kaldi's word mapping reads them: ``[laughter-yes]`` is the word ``yes``;
+    ``[it'n/isn't]`` the mispronunciation that was said (``it'n``); ``{yuppiedom}`` a coined word, kept; a word
+    fragment keeps the part that was said and marks the rest with a hyphen (``th[e]-`` -> ``th-``, ``-[h]ow`` ->
+    ``-ow``, ``ammu[n]it-`` -> ``ammu-it-``); ``[noise]``, ``[laughter]``, ``[vocalized-noise]`` and ``[silence]``
+    are removed; variant marks (``_1``) dropped; hyphenated words (``uh-huh``) stay one word."""
     text = _SWB_LAUGHTER_WORD.sub(r"\1", _fold(text))
+    text = _SWB_COINED.sub(r"\1", _SWB_MISPRONOUNCED.sub(r"\1", text))
     text = _SWB_UNSPOKEN_PART.sub("-", text)
     text = _SWB_VARIANT.sub("", _MARKERS.sub(" ", text))
     return _conversational_words(text)
@@ -80,14 +84,16 @@ def _conversational_words(text: str) -> str:
 
 _HUB5_UNCERTAIN = re.compile(r"\(\(([^)]*)\)\)")  # ((words)): the transcriber was unsure; they were spoken
 _HUB5_OPTIONAL = re.compile(r"\(([^()\s]*)\)")  # (ha-): an optionally deletable fragment in the STM
+_HUB5_PLACEHOLDER = re.compile(r"\(?%hesitation\)?")  # NIST's token for any hesitation: not a word that was said
 _HUB5_HESITATION = re.compile(r"%(\w+)")  # %um, %uh: written as the word
 
 
 def hub5_reference(text: str) -> str:
     """Hub5'00 (LDC2002T43) references: annotation tags (``<contraction e_form=...>``, ``<B_ASIDE>``) and
-    ``{breath}``-like events removed, uncertain words ``((so))`` kept, ``%um`` written ``um``, ``(ha-)`` as ``ha-``,
+    ``{breath}``-like events removed, uncertain words ``((so))`` kept, ``%um`` written ``um`` (NIST's placeholder
+    ``%hesitation`` removed), ``(ha-)`` as ``ha-``,
     punctuation dropped; hyphenated words and fragments kept as in Switchboard."""
-    text = _HUB5_UNCERTAIN.sub(r" \1 ", _fold(text))
+    text = _HUB5_UNCERTAIN.sub(r" \1 ", _HUB5_PLACEHOLDER.sub(" ", _fold(text)))
     text = _HUB5_OPTIONAL.sub(r" \1 ", _HUB5_HESITATION.sub(r"\1", text))
     return _conversational_words(_MARKERS.sub(" ", text))
 

@@ -56,6 +56,9 @@ HISTORY = 3  # samples a polynomial predictor looks back
 MAX_BLOCK_SIZE = 1 << 16  # bounds for what a corrupt stream may ask for
 MAX_LPC_ORDER = 64
 MAX_BITSHIFT = 32
+MAX_CHANNELS = 64  # header bounds: a crafted header must not make the decoder allocate without limit
+MAX_SECONDS = 6 * 3600  # per file; the longest SPHERE recordings (meetings) last an hour or two
+MAX_INTERNAL = 1 << 24  # an LPC recursion beyond this is a corrupt stream (16-bit samples need 17 bits)
 CHUNK_SAMPLES = 1 << 17  # samples reconstructed at once (bounds the memory of a long file's decode)
 MAX_LOW_BITS = 56  # a 64-bit window read at any bit of a byte holds this many bits after it
 ULAW_SHIFTS = 13  # bit shifts a mu-law rank table exists for
@@ -85,10 +88,10 @@ class SphereHeader:
 
         if self.sample_rate <= 0:
             fail("sample_rate", f"is {self.sample_rate}, not a positive rate")
-        if self.channel_count <= 0:
-            fail("channel_count", f"is {self.channel_count}, not a positive count")
-        if self.sample_count < 0:
-            fail("sample_count", f"is {self.sample_count}, not a count")
+        if not 0 < self.channel_count <= MAX_CHANNELS:
+            fail("channel_count", f"is {self.channel_count}, not a count in 1..{MAX_CHANNELS}")
+        if not 0 <= self.sample_count <= MAX_SECONDS * self.sample_rate:
+            fail("sample_count", f"is {self.sample_count}, not a count of at most {MAX_SECONDS // 3600} hours")
         if self.sample_n_bytes != CODINGS[self.coding]:
             fail("sample_n_bytes", f"is {self.sample_n_bytes}; {self.coding} is read with {CODINGS[self.coding]}")
 
@@ -351,7 +354,7 @@ class ShortenDecoder:
             self.fail(f"has a block size of {block_size}, not 1..{MAX_BLOCK_SIZE}")
         if max_lpc_order > MAX_LPC_ORDER:
             self.fail(f"has an LPC order of {max_lpc_order}, above {MAX_LPC_ORDER}")
-        state = _Channels(num_channels, max(HISTORY, max_lpc_order), mean_blocks)
+        state = _Channels(num_channels, max(HISTORY, max_lpc_order), mean_blocks, self.where)
         samples_left = num_channels * (header.sample_count + MAX_BLOCK_SIZE)  # bounds the work a corrupt file makes
         kind, chunk, outputs = types[sample_type], _Chunk(), [[] for _ in range(num_channels)]
         find, channel, bitshift = self.bits.find, 0, 0
@@ -514,8 +517,8 @@ class _Chunk:
 class _Channels:
     """What each channel carries from block to block: its last samples and the means of its last blocks."""
 
-    def __init__(self, num_channels: int, history: int, mean_blocks: int):
-        self.history, self.mean_blocks = history, mean_blocks
+    def __init__(self, num_channels: int, history: int, mean_blocks: int, where: str):
+        self.history, self.mean_blocks, self.where = history, mean_blocks, where
         self.tails = [[0] * history for _ in range(num_channels)]
         self.means = [[0] * max(1, mean_blocks) for _ in range(num_channels)]
         self.lpc_blocks: dict[int, list[int]] = {}
@@ -545,6 +548,8 @@ class _Channels:
             elif command == FN_QLPC:
                 block_residuals = residuals[start : start + size].tolist()
                 new = _qlpc(tail, block_residuals, chunk.coefficients[block], offset)
+                if new is None:
+                    raise SphereError(f"{self.where}: an LPC block diverges (corrupt coefficients)")
                 self.lpc_blocks[block] = new
                 block_sum = sum(new)
             else:
@@ -585,8 +590,9 @@ def _c_divide(numerator: int, denominator: int) -> int:
     return quotient if (numerator >= 0) == (denominator > 0) else -quotient
 
 
-def _qlpc(history: list[int], residuals: list[int], coefficients: list[int], offset: int) -> list[int]:
-    """A block predicted by quantised LPC on the mean-removed samples (a recursion: one sample at a time)."""
+def _qlpc(history: list[int], residuals: list[int], coefficients: list[int], offset: int) -> list[int] | None:
+    """A block predicted by quantised LPC on the mean-removed samples (a recursion: one sample at a time); None when
+    it diverges past :data:`MAX_INTERNAL`, as only corrupt coefficients make it."""
     order = len(coefficients)
     past = [value - offset for value in history[len(history) - order :]]
     rounding = 1 << LPC_QUANT  # shorten v2 adds a whole unit, not a half, before the shift
@@ -594,7 +600,10 @@ def _qlpc(history: list[int], residuals: list[int], coefficients: list[int], off
         total = rounding
         for lag, coefficient in enumerate(coefficients, start=1):
             total += coefficient * past[-lag]
-        past.append(residual + (total >> LPC_QUANT))
+        value = residual + (total >> LPC_QUANT)
+        if abs(value) > MAX_INTERNAL:
+            return None
+        past.append(value)
     return [value + offset for value in past[order:]]
 
 

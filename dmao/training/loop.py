@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dmao.config import ConfigError, save_yaml, to_dict
 from dmao.data.batches import AudioBatch, AudioBatchDataset, ResumableSampler
-from dmao.data.corpus import prepare_corpus
+from dmao.data.corpus import is_prepared, prepare_corpus
 from dmao.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
 from dmao.decoding.evaluate import Evaluation, evaluate, wer_table, write_scoring_files
 from dmao.decoding.wer import CorpusScore
@@ -288,6 +288,13 @@ class Trainer:
 
     def setup(self) -> None:
         cfg = self.cfg
+        if self.dist.world_size > 1 and not is_prepared(cfg.data):
+            # Rank 0 alone would read the whole corpus while the others wait at a barrier: longer than the process
+            # group's timeout (NCCL: 10 minutes) for a corpus of hundreds of hours.
+            raise TrainingError(
+                f"corpus {cfg.data.corpus!r} ({cfg.data.corpus_dir}) is not prepared yet: run `dmao data prepare` with "
+                f"this config once, then start the {self.dist.world_size} ranks"
+            )
         if self.dist.is_main:
             self._claim_run_dir()
         barrier(self.dist)

@@ -172,3 +172,31 @@ def test_eval2000_alone_in_the_layout_ldc_ships(tmp_path):
     prepared = prepare_corpus(cfg, 16000, progress=False)
     assert sorted(prepared.splits) == ["hub5-callhome", "hub5-swb"]
     assert sum(len(s) for s in prepared.splits.values()) == len(written)
+
+
+def test_adding_hub5_later_prepares_only_hub5(tmp_path):
+    """Hub5'00 is cached on its own: following the warning (set data.hub5_dir) does not redo Switchboard."""
+    from dmao.data.corpus import is_prepared
+
+    corpus_dir, _ = fabricate.switchboard(tmp_path / "swb", conversations=2)
+    hub5_dir, _ = fabricate.eval2000(tmp_path / "hub5", conversations=1)
+    cfg = DataConfig(corpus="switchboard", corpus_dir=str(corpus_dir), cache_dir=str(tmp_path / "c"))
+    assert not is_prepared(cfg)
+    prepare_corpus(cfg, 16000, progress=False)
+    assert is_prepared(cfg)
+    train_manifest = next((tmp_path / "c" / "prepared").glob("switchboard-*/cuts_train.jsonl.gz"))
+    written = train_manifest.stat().st_mtime_ns
+    with_hub5 = replace(cfg, hub5_dir=str(hub5_dir))
+    assert not is_prepared(with_hub5)
+    assert "hub5-swb" in prepare_corpus(with_hub5, 16000, progress=False).splits
+    assert train_manifest.stat().st_mtime_ns == written and is_prepared(with_hub5)
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "c" / "prepared").iterdir()) == ["eval2000", "switchboard"]
+
+
+def test_a_split_mixing_transcript_conventions_is_refused(tmp_path):
+    corpus_dir, _ = fabricate.switchboard(tmp_path / "swb", conversations=2)
+    hub5_dir, _ = fabricate.eval2000(tmp_path / "hub5", conversations=1)
+    cfg = DataConfig(corpus="switchboard", corpus_dir=str(corpus_dir), hub5_dir=str(hub5_dir),
+                     parts={"train": ["train", "hub5-swb"]}, cache_dir=str(tmp_path / "c"))  # fmt: skip
+    with pytest.raises(ValueError, match=r"data.parts.train: \['train', 'hub5-swb'\] mix transcript conventions"):
+        prepare_corpus(cfg, 16000, progress=False)

@@ -221,6 +221,7 @@ def test_a_command_nested_in_a_transform_is_refused(tmp_path):
         ("sph2pipe -f mp3 /d/a.sph", None),
         ("sox /d/a.wav -t wav -", None),
         ("sph2pipe -c 0 /d/a.sph", None),
+        ("sph2pipe -c \u00b2 /d/a.sph", None),  # a digit to str.isdigit, not a channel number
         ("flac -c -d", None),
     ],
 )

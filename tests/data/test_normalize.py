@@ -19,12 +19,16 @@ from dmao.data.normalize import TEXT_RULES, normalize_text, text_rules
         # Switchboard (MS-State): laughter-words are words, fragments keep what was said, markers go.
         ("switchboard", "[laughter-yes] th[e]- -[h]ow [noise] uh-huh i_1 [vocalized-noise]", "yes th- -ow uh-huh i"),
         ("switchboard", "um [silence] it's a t-v", "um it's a t-v"),
+        # ... mispronunciations are the word said, coined words are words, fragments stay fragments (Kaldi's mapping).
+        ("switchboard", "i said [it'n/isn't] so, a {yuppiedom} thing", "i said it'n so a yuppiedom thing"),
+        ("switchboard", "ammu[n]it- [lem[guini]-/linguini] [laughter-ab[solute]-] pasta", "ammu-it- lem- ab- pasta"),
         # Hub5'00 (LDC2002T43): tags with '>' inside quoted attributes, hesitations, uncertain words, asides.
         (
             "hub5",
             "<contraction e_form=\"[we=>we]['re=>are]\">we're %um, ((so)) (( )) {breath} (ha-) <B_ASIDE> yes?",
             "we're um so ha- yes",
         ),
+        ("hub5", "(%HESITATION) THEY'RE %hesitation going without hesitation", "they're going without hesitation"),
     ],
 )
 def test_references_follow_the_corpus_conventions(rules, transcript, reference):

@@ -277,3 +277,45 @@ def test_a_shorten_stream_that_disagrees_with_its_header_is_named(tmp_path):
     path.write_bytes(path.read_bytes().replace(b"channel_count -i 2", b"channel_count -i 1"))
     with pytest.raises(SphereError, match=re.escape(str(path)) + ": shorten stream has 2 channels; .* says 1"):
         read_sphere(path)
+
+
+def _shorten_file(tmp_path, header_fields: dict, write_commands) -> str:
+    """A hand-made shorten SPHERE file: the stream header and commands that ``write_commands(bits)`` emits."""
+    from corpora.sphere import _BitWriter
+
+    bits = _BitWriter()
+    write_commands(bits)
+    fields = {"sample_rate": 8000, "sample_n_bytes": 2, "sample_coding": "pcm,embedded-shorten-v2.00",
+              "sample_byte_format": "01", **header_fields}  # fmt: skip
+    path = tmp_path / "crafted.sph"
+    path.write_bytes(sphere_header(fields) + b"ajkg\x02" + bits.tobytes())
+    return str(path)
+
+
+def test_a_diverging_lpc_block_is_a_named_error_not_a_slow_overflow(tmp_path):
+    """Corrupt LPC coefficients make the recursion grow without bound: refused at once, naming the file."""
+    samples = 65536
+
+    def commands(bits):
+        for value in (5, 1, samples, 1, 0, 0):  # type s16lh, 1 channel, block, LPC order 1, no mean, no skip
+            bits.ulong(value)
+        bits.uvar(7, 2), bits.uvar(0, 3), bits.uvar(1, 2), bits.svar(1 << 20, 5)  # QLPC, energy, order 1, coef
+        bits.uvar([2] * samples, 1)
+        bits.uvar(4, 2)  # QUIT
+
+    path = _shorten_file(tmp_path, {"sample_count": samples, "channel_count": 1}, commands)
+    with pytest.raises(SphereError, match=r"crafted.sph: shorten stream: an LPC block diverges"):
+        read_sphere(path)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"channel_count": 50_000_000, "sample_count": 1}, "channel_count is 50000000, not a count in 1..64"),
+        ({"channel_count": 1, "sample_count": 2_000_000_000}, "sample_count is 2000000000, not a count of at most 6"),
+    ],
+)
+def test_a_header_cannot_make_the_decoder_allocate_without_limit(tmp_path, fields, message):
+    path = _shorten_file(tmp_path, fields, lambda bits: [bits.ulong(v) for v in (5, 1, 256, 0, 0, 0)])
+    with pytest.raises(SphereError, match=message):
+        read_sphere(path)

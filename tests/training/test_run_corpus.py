@@ -63,3 +63,19 @@ def test_a_missing_or_mismatched_tokenizer_dir_is_named(smoke_config, tmp_path, 
     with pytest.raises(ConfigError, match=message):
         trainer.setup()
     trainer.cleanup()
+
+
+def test_several_ranks_refuse_a_recipe_corpus_not_prepared_yet(smoke_config, tmp_path, monkeypatch):
+    """Rank 0 alone would read the corpus while the others wait at a barrier, past the process group's timeout."""
+    from corpora import fabricate
+
+    from dmao.training.distributed import DistInfo
+    from dmao.training.loop import TrainingError
+
+    corpus_dir, _ = fabricate.librispeech(tmp_path / "ls", ("train-clean-100", "dev-clean"), speakers=1, utterances=2)
+    monkeypatch.setattr("dmao.training.loop.init_distributed", lambda device: DistInfo(rank=0, world_size=2))
+    cfg = smoke_config("data.corpus=librispeech", f"data.corpus_dir={corpus_dir}", f"data.cache_dir={tmp_path / 'c'}")
+    trainer = Trainer(cfg)
+    with pytest.raises(TrainingError, match="is not prepared yet: run `dmao data prepare` with this config once"):
+        trainer.setup()
+    assert not (tmp_path / "c").exists()  # refused before anything was read or written
