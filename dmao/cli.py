@@ -149,7 +149,10 @@ def cmd_data_bpe(ns: argparse.Namespace) -> int:
         raise ValueError(f"--output {output}: not empty; give a new folder")
     data = dataclasses.replace(cfg.data, speed_perturb=False)  # perturbed copies repeat the same transcripts
     texts = [cut.supervisions[0].text for cut in prepare_corpus(data, cfg.model.features.sample_rate).splits["train"]]
-    tokenizer = build_tokenizer("bpe", texts, output, vocab_size=cfg.data.bpe_vocab_size)
+    try:
+        tokenizer = build_tokenizer("bpe", texts, output, vocab_size=cfg.data.bpe_vocab_size)
+    except ValueError as err:
+        raise ValueError(f"--vocab-size / data.bpe_vocab_size: {err} (the value counts the CTC blank too)") from None
     print(f"{output}: SentencePiece BPE, {tokenizer.vocab_size} units (blank included), from {len(texts)} transcripts")
     print(f"use it with: data.tokenizer=bpe data.tokenizer_dir={output.resolve()}")
     return 0
@@ -254,7 +257,13 @@ def cmd_layout(ns: argparse.Namespace) -> int:
 def cmd_average(ns: argparse.Namespace) -> int:
     from dmao.training.average import AverageConfig, average_run
 
-    cfg = AverageConfig(last=ns.last or 0, best=ns.best or 0, split=ns.split)
+    split = ns.split
+    if split is None:  # the split the run validated on, as its recorded config says
+        from dmao.config import load_yaml
+
+        recorded = Path(ns.run_dir) / "config.yaml"
+        split = load_yaml(recorded).get("train", {}).get("valid_split", "dev") if recorded.is_file() else "dev"
+    cfg = AverageConfig(last=ns.last or 0, best=ns.best or 0, split=split)
     output, averaged = average_run(ns.run_dir, cfg)
     print(f"averaged {len(averaged)} checkpoints: {', '.join(p.name for p in averaged)}")
     print(output)
@@ -461,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     which = avg.add_mutually_exclusive_group(required=True)
     which.add_argument("--last", type=int, metavar="N", help="the newest N checkpoints")
     which.add_argument("--best", type=int, metavar="N", help="the N checkpoints of lowest validation WER")
-    avg.add_argument("--split", default="dev", help="the validation split --best ranks by (default dev)")
+    avg.add_argument("--split", help="the validation split --best ranks by (default: the run's train.valid_split)")
     avg.set_defaults(func=cmd_average)
     return parser
 

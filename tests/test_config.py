@@ -136,3 +136,10 @@ def test_recipes_are_found_by_name_and_the_saved_config_is_the_resolved_one(tmp_
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert "base" not in saved and saved["model"]["encoder"]["block_type"] == "conformer"
     assert from_dict(RunConfig, load_yaml(tmp_path / "config.yaml")) == cfg.as_recorded()
+
+
+def test_a_mistyped_recipe_name_gets_the_closest_shipped_one():
+    from dmao.training.config import resolve_config_path
+
+    with pytest.raises(ConfigError, match="did you mean recipes/librispeech-100/conformer-384"):
+        resolve_config_path("recipes/librispeech100/conformer-384")

@@ -156,7 +156,9 @@ class ResumableSampler(torch.utils.data.Sampler):
                     self._handed_out.append((epoch, index))
                     yield batch
             if produced == 0:
-                raise ValueError("the sampler produced no batch: the corpus is empty or max_duration too small")
+                ranks = self.sampler.world_size
+                shared = f", or too small to give each of the {ranks} data-parallel ranks a batch" if ranks > 1 else ""
+                raise ValueError(f"the sampler produced no batch: the training set is empty{shared}")
             epoch, skip = epoch + 1, 0
 
     def consumed(self) -> None:

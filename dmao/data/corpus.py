@@ -232,6 +232,8 @@ class RecipeCorpus:
     read the ones asked for (raw cuts, before cleaning)."""
 
     name: str
+    folder: str
+    """The corpus's own top folder (``LibriSpeech``), for the hint when ``corpus_dir`` names the one above it."""
     parts: tuple[Part, ...]
     found: Callable[[DataConfig], list[str]]
     read: Callable[[DataConfig, Path, list[str], int], dict[str, CutSet]]
@@ -258,11 +260,19 @@ class RecipeCorpus:
             rules = {self.part(p).rules for p in parts}
             if len(rules) > 1:
                 raise ValueError(f"data.parts.{split}: {parts} mix transcript conventions ({', '.join(sorted(rules))})")
-        if "train" not in splits and self.name != "eval2000":
-            training = [p.name for p in self.parts if p.training]
+        if not splits or ("train" not in splits and any(p.training for p in self.parts)):
+            looked_for = [p.name for p in self.parts if p.training] or self.part_names()
+            inside = sorted(p.name for p in Path(cfg.corpus_dir).expanduser().iterdir() if p.is_dir())
+            hint = f"did you mean {Path(cfg.corpus_dir) / self.folder}?" if self.folder in inside else (
+                "list the parts to use in data.parts")  # fmt: skip
             raise FileNotFoundError(
-                f"{where}: no training part of {self.name} found (looked for {', '.join(training)}; found: "
-                f"{', '.join(found) or 'none'}); list the parts to use in data.parts"
+                f"{where}: no {'training ' * (self.name != 'eval2000')}part of {self.name} found (looked for "
+                f"{', '.join(looked_for)}; found: {', '.join(found or inside) or 'none'}); {hint}"
+            )
+        if cfg.corpus == "switchboard" and cfg.hub5_dir and not any(p.startswith("hub5") for p in found):
+            raise FileNotFoundError(
+                f"data.hub5_dir: {cfg.hub5_dir} holds no Hub5'00 (LDC2002S09/hub5e_00/english/*.sph and "
+                f"LDC2002T43/.../reference/english): give the folder that holds both"
             )
         return splits
 
@@ -373,6 +383,7 @@ RECIPE_CORPORA: dict[str, RecipeCorpus] = {
     for corpus in (
         RecipeCorpus(
             "librispeech",
+            "LibriSpeech",
             tuple(Part(p, True, "librispeech") for p in _LIBRISPEECH_TRAIN)
             + tuple(Part(p, False, "librispeech") for p in _LIBRISPEECH_EVAL),
             _subdirs,
@@ -380,17 +391,19 @@ RECIPE_CORPORA: dict[str, RecipeCorpus] = {
         ),
         RecipeCorpus(
             "tedlium2",
+            "TEDLIUM_release2",
             (Part("train", True, "tedlium"), Part("dev", False, "tedlium"), Part("test", False, "tedlium")),
             _tedlium2_found,
             _read_tedlium2,
         ),
         RecipeCorpus(
             "switchboard",
+            "LDC97S62",
             (Part("train", True, "switchboard"), Part("dev", False, "switchboard"), *_HUB5),
             _switchboard_found,
             _read_switchboard,
         ),
-        RecipeCorpus("eval2000", _HUB5, _eval2000_found, _read_eval2000),
+        RecipeCorpus("eval2000", "", _HUB5, _eval2000_found, _read_eval2000),
     )
 }
 """Everything the code knows about each recipe corpus; nothing else names their parts."""
@@ -460,6 +473,7 @@ def _prepare_parts(cfg: DataConfig, out: Path, parts: list[str], targets: dict[s
         partial = targets[part].with_name(f".partial-{targets[part].name}")  # lhotse compresses by the suffix
         cuts.to_file(partial)
         partial.replace(targets[part])  # a killed preparation leaves no half-written manifest behind
+    shutil.rmtree(work)  # lhotse's manifests: everything in them is in ours now
 
 
 def _shorten_source(recording: Recording) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -303,8 +304,12 @@ def resolve_config_path(name: str | Path) -> Path:
     ):
         if candidate.is_file():
             return candidate
+    shipped = sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml"))
+    close = difflib.get_close_matches(str(path.with_suffix("")) if path.suffix in (".yaml", ".yml") else str(path),
+                                      shipped, n=1, cutoff=0.6)  # fmt: skip
+    hint = f"; did you mean {close[0]}?" if close else ""
     raise ConfigError(
-        f"config file not found: {name} (shipped configs: "
+        f"config file not found: {name}{hint} (shipped configs: "
         f"{', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.yaml')))}, and the recipes under "
         f"recipes/<corpus>/, e.g. recipes/librispeech/conformer-384: docs/recipes.md)"
     )

@@ -253,24 +253,33 @@ class Trainer:
                     ckpt.check_plain_file_name(name)
                     (directory / name).write_bytes(content)
             elif given is not None:
-                try:
-                    tokenizer = load_tokenizer(given)
-                except (OSError, ValueError) as err:
-                    raise ConfigError(f"data.tokenizer_dir: {err} (make one with `dmao data bpe`)") from None
-                if tokenizer.kind != self.cfg.data.tokenizer:
-                    raise ConfigError(f"data.tokenizer_dir: {given} holds a {tokenizer.kind!r} tokenizer, "
-                                      f"data.tokenizer is {self.cfg.data.tokenizer!r}")  # fmt: skip
-                tokenizer.save(directory)  # the run keeps its own copy: the shared one may change later
+                self._copy_tokenizer(given, directory)
             else:
                 bpe = self.cfg.data.tokenizer == "bpe"
-                build_tokenizer(
-                    self.cfg.data.tokenizer,
-                    train_texts,
-                    directory,
-                    vocab_size=self.cfg.data.bpe_vocab_size if bpe else None,
-                )
+                try:
+                    build_tokenizer(self.cfg.data.tokenizer, train_texts, directory,
+                                    vocab_size=self.cfg.data.bpe_vocab_size if bpe else None)  # fmt: skip
+                except ValueError as err:
+                    raise ConfigError(f"data.bpe_vocab_size: {err} (the value counts the CTC blank too)") from None
         barrier(self.dist)
         return load_tokenizer(directory)
+
+    def _copy_tokenizer(self, given: Path, directory: Path) -> None:
+        """``data.tokenizer_dir`` into the run (its own copy: the shared one may change later), if it is the tokenizer
+        the config describes."""
+        data = self.cfg.data
+        try:
+            tokenizer = load_tokenizer(given)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"data.tokenizer_dir: {err}; {given.resolve()} (a relative path is taken from the "
+                              f"current directory) should hold one made by `dmao data bpe`") from None  # fmt: skip
+        if tokenizer.kind != data.tokenizer:
+            raise ConfigError(f"data.tokenizer_dir: {given} holds a {tokenizer.kind!r} tokenizer, data.tokenizer is "
+                              f"{data.tokenizer!r}")  # fmt: skip
+        if tokenizer.kind == "bpe" and tokenizer.vocab_size != data.bpe_vocab_size:
+            raise ConfigError(f"data.tokenizer_dir: {given} holds {tokenizer.vocab_size} units, data.bpe_vocab_size "
+                              f"is {data.bpe_vocab_size}: set data.bpe_vocab_size={tokenizer.vocab_size}")  # fmt: skip
+        tokenizer.save(directory)
 
     def _starting_layout(self, state: dict[str, Any] | None) -> Layout | None:
         """A resumed run's checkpoint layout; else the layout ``model.layout`` names; else None (the uniform one)."""
@@ -311,6 +320,12 @@ class Trainer:
         if "train" not in self.splits:
             raise TrainingError(f"corpus {cfg.data.corpus!r} has no 'train' split (found {sorted(self.splits)})")
         self.eval_splits = cfg.evaluation_splits()
+        validated = {cfg.train.valid_split} if cfg.train.eval_every else set()
+        unused = [s for s in self.splits if s != "train" and s not in {*self.eval_splits, *validated}]
+        if unused:
+            scored = ", ".join(self.eval_splits) or "none"
+            log.warning("split(s) %s are neither trained on nor scored (train.eval_splits: %s): a misspelled key in "
+                        "data.parts or data.manifests?", ", ".join(unused), scored)  # fmt: skip
         for key, split in [("train.valid_split", cfg.train.valid_split)] * bool(cfg.train.eval_every) + [
             ("train.eval_splits", s) for s in self.eval_splits
         ]:
@@ -530,10 +545,10 @@ class Trainer:
             self.metrics.write("step_loss", self.step, loss=result.loss)
         if recovery is not None:
             self.metrics.write("event_recovery", self.step, **recovery)
-            progress.write(
-                f"event {recovery['event']}: loss {recovery['loss_before']:.2f} before, peak "
-                f"{recovery['peak_loss']:.2f}, back below after {recovery['recovery_steps']} steps"
-            )
+            before, peak = recovery["loss_before"], recovery["peak_loss"]
+            spike = (f"peak {peak:.2f}, back below after {recovery['recovery_steps']} steps" if peak >= before else
+                     f"no spike: every loss after it (at most {peak:.2f}) stayed below that")  # fmt: skip
+            progress.write(f"event {recovery['event']}: loss {before:.2f} before (mean of the last steps), {spike}")
 
     def _agree(self, empty_batch: bool) -> tuple[bool, bool]:
         """One all-reduce per batch: whether any rank received a stop signal, and whether any rank's batch has no

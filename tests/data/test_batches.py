@@ -75,3 +75,12 @@ def test_a_corpus_smaller_than_the_bucket_count_is_still_batched(tmp_path):
     cuts = make_cuts(tmp_path, n=1)
     sampler = ResumableSampler(cuts, max_duration=2.5, num_buckets=10, seed=0)
     assert [c.id for c in next(iter(sampler))] == ["utt0"]
+
+
+def test_a_training_set_too_small_for_its_ranks_says_so():
+    from lhotse.testing.dummies import dummy_cut
+
+    cuts = CutSet.from_cuts([dummy_cut(0, duration=1.0)])
+    sampler = ResumableSampler(cuts, max_duration=10.0, num_buckets=2, seed=0, world_size=4, rank=3)
+    with pytest.raises(ValueError, match="too small to give each of the 4 data-parallel ranks a batch"):
+        next(iter(sampler))

@@ -200,3 +200,20 @@ def test_a_split_mixing_transcript_conventions_is_refused(tmp_path):
                      parts={"train": ["train", "hub5-swb"]}, cache_dir=str(tmp_path / "c"))  # fmt: skip
     with pytest.raises(ValueError, match=r"data.parts.train: \['train', 'hub5-swb'\] mix transcript conventions"):
         prepare_corpus(cfg, 16000, progress=False)
+
+
+def test_a_corpus_folder_one_level_too_high_is_pointed_out(tmp_path, librispeech_100h):
+    corpus_dir, _ = librispeech_100h
+    with pytest.raises(FileNotFoundError, match=f"did you mean {corpus_dir}"):
+        prepare_corpus(_config(tmp_path, corpus_dir.parent), 16000, progress=False)
+
+
+def test_a_hub5_folder_without_hub5_is_an_error_not_a_run_without_test_sets(tmp_path, librispeech_100h):
+    corpus_dir, _ = fabricate.switchboard(tmp_path / "swb", conversations=2)
+    wrong = librispeech_100h[0]
+    cfg = DataConfig(corpus="switchboard", corpus_dir=str(corpus_dir), hub5_dir=str(wrong), cache_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=f"data.hub5_dir: {wrong} holds no Hub5'00"):
+        prepare_corpus(cfg, 16000, progress=False)
+    alone = DataConfig(corpus="eval2000", corpus_dir=str(wrong), cache_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no part of eval2000 found .*hub5-swb, hub5-callhome"):
+        prepare_corpus(alone, 16000, progress=False)

@@ -177,3 +177,15 @@ def test_bad_requests_are_reported(tmp_path, capsys):
     run_dir = _run(tmp_path, [_state(0, 10, _tokenizer_files(tmp_path))])
     assert main(["average", str(run_dir), "--last", "3"]) == 2
     assert "holds 1 checkpoints (ckpt-*.pt); averaging the last 3 needs 3" in capsys.readouterr().err
+
+
+def test_best_ranks_by_the_split_the_run_validated_on(tmp_path, capsys):
+    """LibriSpeech recipes validate on dev-other: ``--best`` without ``--split`` follows the run's config."""
+    tokenizer = _tokenizer_files(tmp_path)
+    run_dir = _run(tmp_path, [_state(s, 10 * s, tokenizer) for s in (1, 2)])
+    records = [{"kind": "valid", "step": 10 * s, "split": "dev-other", "wer": 0.5 / s, "cer": 0.1,
+                "checkpoint": f"ckpt-{10 * s:08d}.pt"} for s in (1, 2)]  # fmt: skip
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (run_dir / "config.yaml").write_text("train:\n  valid_split: dev-other\n")
+    assert main(["average", str(run_dir), "--best", "2"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith("averaged-best2-dev-other.pt")

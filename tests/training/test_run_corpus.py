@@ -43,16 +43,14 @@ def test_a_tokenizer_made_beforehand_is_the_one_the_run_uses(smoke_config, tmp_p
     result = run_training(
         smoke_config(f"data.tokenizer_dir={shared}", "train.steps=2", "train.eval_splits=[]", "dmao.enabled=false")
     )
-    used = load_tokenizer(result.run_dir / "tokenizer")
-    assert used.vocab_size == load_tokenizer(shared).vocab_size and used.encode("zab") == load_tokenizer(shared).encode(
-        "zab"
-    )
+    used, made = load_tokenizer(result.run_dir / "tokenizer"), load_tokenizer(shared)
+    assert used.vocab_size == made.vocab_size and used.encode("zab") == made.encode("zab")
 
 
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda path: None, "data.tokenizer_dir: tokenizer description not found"),
+        (lambda path: None, "data.tokenizer_dir: tokenizer description not found.* relative path is taken from"),
         (lambda path: build_tokenizer("bpe", ["a b c d e f g"] * 20, path, vocab_size=14), "holds a 'bpe' tokenizer"),
     ],
 )
@@ -61,6 +59,16 @@ def test_a_missing_or_mismatched_tokenizer_dir_is_named(smoke_config, tmp_path, 
     make(shared)
     trainer = Trainer(smoke_config(f"data.tokenizer_dir={shared}"))
     with pytest.raises(ConfigError, match=message):
+        trainer.setup()
+    trainer.cleanup()
+
+
+def test_a_shared_bpe_tokenizer_of_another_size_than_the_config_says_is_refused(smoke_config, tmp_path):
+    """The recorded config must describe the model: 14 units in the tokenizer, 500 in data.bpe_vocab_size is wrong."""
+    shared = tmp_path / "tok"
+    build_tokenizer("bpe", ["a b c d e f g"] * 20, shared, vocab_size=14)
+    trainer = Trainer(smoke_config(f"data.tokenizer_dir={shared}", "data.tokenizer=bpe", "data.bpe_vocab_size=500"))
+    with pytest.raises(ConfigError, match="holds 14 units, data.bpe_vocab_size is 500: set data.bpe_vocab_size=14"):
         trainer.setup()
     trainer.cleanup()
 
@@ -79,3 +87,10 @@ def test_several_ranks_refuse_a_recipe_corpus_not_prepared_yet(smoke_config, tmp
     with pytest.raises(TrainingError, match="is not prepared yet: run `dmao data prepare` with this config once"):
         trainer.setup()
     assert not (tmp_path / "c").exists()  # refused before anything was read or written
+
+
+def test_a_split_neither_trained_on_nor_scored_is_pointed_out(smoke_config, manifests, caplog):
+    cfg = smoke_config("data.corpus=manifests", *manifests, "train.eval_splits=[eval92]", "train.steps=2",
+                       "dmao.enabled=false")  # fmt: skip
+    run_training(cfg)
+    assert "split(s) dev93 are neither trained on nor scored (train.eval_splits: eval92)" in caplog.text
