@@ -478,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from dmao.config import ConfigError
     from dmao.training.checkpoint import CheckpointError
+    from dmao.training.distributed import PeerStopped
     from dmao.training.loop import Stopped, TrainingError
     from dmao.training.run_dir import RunDirError
 
@@ -495,7 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Stopped as stop:
         print(f"dmao {ns.command}: {stop}; continue with the same command and resume=true", file=sys.stderr)
         return stop.exit_code
-    except (ConfigError, CheckpointError, TrainingError, RunDirError, OSError, ValueError) as err:
+    except (ConfigError, CheckpointError, TrainingError, RunDirError, PeerStopped, OSError, ValueError) as err:
         print(f"dmao {ns.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

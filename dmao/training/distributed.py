@@ -43,9 +43,20 @@ def init_distributed(device: torch.device) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, local_world_size)
 
 
+class PeerStopped(RuntimeError):
+    """Another rank left while this one waited for it: that rank's own error says why."""
+
+
 def barrier(info: DistInfo) -> None:
-    if info.enabled:
+    if not info.enabled:
+        return
+    try:
         dist.barrier()
+    except RuntimeError as err:  # the backend's own message (gloo: "Connection closed by peer") names no cause
+        raise PeerStopped(
+            f"rank {info.rank}: another rank stopped while this one waited for it (its error is above; "
+            f"{str(err).splitlines()[0][:120]})"
+        ) from None
 
 
 def all_ranks_agree(info: DistInfo, flag: bool, device: torch.device) -> bool:

@@ -47,3 +47,16 @@ def test_two_rank_training_through_an_event(corpus_cache, tmp_path):
     dev = load_splits(cfg.data, cfg.model.features.sample_rate)["dev"]
     (evaluation,) = [r for r in records if r["kind"] == "eval"]
     assert evaluation["utterances"] == len(dev) > 1 and evaluation["skipped"] == 0
+
+
+def test_a_rank_whose_peer_stopped_says_so_in_one_line(monkeypatch):
+    """A rank waiting at a barrier for one that failed gets the backend's bare error; it names the cause instead."""
+    from dmao.training import distributed
+    from dmao.training.distributed import DistInfo, PeerStopped
+
+    def closed():
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:45263.\nmore")
+
+    monkeypatch.setattr(distributed.dist, "barrier", closed)
+    with pytest.raises(PeerStopped, match=r"rank 1: another rank stopped while this one waited .*Connection closed"):
+        distributed.barrier(DistInfo(rank=1, world_size=2))
