@@ -1,4 +1,28 @@
 import pytest
+import torch
+
+
+@pytest.fixture
+def tiny_model():
+    """A builder of a one-layer CTC model without dropout or SpecAugment (encoder settings override), seeded."""
+    from dmao.config import from_dict
+    from dmao.model import CTCModel, ModelConfig
+
+    def build(vocab: int, **encoder):
+        cfg = from_dict(
+            ModelConfig,
+            {
+                "encoder": {"num_layers": 1, "d_model": 16, "head_dim": 4, "conv_kernel_size": 3, "dropout": 0.0,
+                            "att_dropout": 0.0, **encoder},
+                "frontend": {"channels": [4, 4, 4, 4], "freq_pooling": [2, 2]},
+                "specaug": {"num_time_masks": 0, "num_freq_masks": 0},
+                "final_dropout": 0.0,
+            },
+        )  # fmt: skip
+        torch.manual_seed(0)
+        return CTCModel(cfg, vocab)
+
+    return build
 
 
 @pytest.fixture(scope="session")

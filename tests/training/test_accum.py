@@ -11,10 +11,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from dmao.bench import synthetic_batch
-from dmao.config import from_dict, to_dict
+from dmao.config import to_dict
 from dmao.data.batches import AudioBatch, ResumableSampler
 from dmao.data.corpus import load_splits
-from dmao.model import CTCModel, ModelConfig
+from dmao.model import CTCModel
 from dmao.realloc import Reallocator, ReallocConfig, ScoreConfig
 from dmao.training import checkpoint as ckpt
 from dmao.training.config import RunConfig, TrainConfig, run_changes
@@ -25,20 +25,9 @@ VOCAB = 6
 
 
 @pytest.fixture
-def model() -> CTCModel:
+def model(tiny_model) -> CTCModel:
     """Nothing in it depends on the batch (layer norm in the convolution module, no dropout, no SpecAugment)."""
-    cfg = from_dict(
-        ModelConfig,
-        {
-            "encoder": {"num_layers": 1, "d_model": 16, "head_dim": 4, "conv_kernel_size": 3, "dropout": 0.0,
-                        "att_dropout": 0.0, "conv_norm": "layer"},
-            "frontend": {"channels": [4, 4, 4, 4], "freq_pooling": [2, 2]},
-            "specaug": {"num_time_masks": 0, "num_freq_masks": 0},
-            "final_dropout": 0.0,
-        },
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return CTCModel(cfg, VOCAB)
+    return tiny_model(VOCAB, conv_norm="layer")
 
 
 def batches() -> tuple[AudioBatch, AudioBatch, AudioBatch]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dmao.bench import synthetic_batch
-from dmao.model import CTCModel, ModelConfig
+from dmao.model import CTCModel
 from dmao.realloc import Reallocator, ReallocConfig, ScheduleConfig, ScoreConfig
 from dmao.training.config import TrainConfig
 from dmao.training.step import build_optimization, token_loss, train_step
@@ -17,21 +17,8 @@ VOCAB = 6
 
 
 @pytest.fixture
-def model() -> CTCModel:
-    from dmao.config import from_dict
-
-    cfg = from_dict(
-        ModelConfig,
-        {
-            "encoder": {"num_layers": 1, "d_model": 16, "head_dim": 4, "conv_kernel_size": 3, "dropout": 0.0,
-                        "att_dropout": 0.0},
-            "frontend": {"channels": [4, 4, 4, 4], "freq_pooling": [2, 2]},
-            "specaug": {"num_time_masks": 0, "num_freq_masks": 0},
-            "final_dropout": 0.0,
-        },
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return CTCModel(cfg, VOCAB)
+def model(tiny_model) -> CTCModel:
+    return tiny_model(VOCAB)
 
 
 def batch():
