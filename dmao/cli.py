@@ -208,8 +208,8 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
     evaluations = {}
+    amp = amp_dtype_for(cfg.train.amp, device)
     for name, (cuts, rules, dropped) in sets.items():
-        amp = amp_dtype_for(cfg.train.amp, device)
         result = evaluate(model, cuts, tokenizer, ns.max_duration, amp, name, rules.scoring, dropped)
         if output is not None:
             write_scoring_files(output, name, result.transcripts)

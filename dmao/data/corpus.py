@@ -262,7 +262,7 @@ class RecipeCorpus:
                 raise ValueError(f"data.parts.{split}: {parts} mix transcript conventions ({', '.join(sorted(rules))})")
         if not splits or ("train" not in splits and any(p.training for p in self.parts)):
             looked_for = [p.name for p in self.parts if p.training] or self.part_names()
-            inside = sorted(p.name for p in Path(cfg.corpus_dir).expanduser().iterdir() if p.is_dir())
+            inside = _subdirs(cfg)
             hint = f"did you mean {Path(cfg.corpus_dir) / self.folder}?" if self.folder in inside else (
                 "list the parts to use in data.parts")  # fmt: skip
             raise FileNotFoundError(
@@ -319,8 +319,13 @@ def _switchboard_found(cfg: DataConfig) -> list[str]:
     conversations = len(list(itertools.islice(audio.rglob("*.sph"), 2)))
     found = ["train", "dev"][:conversations]  # dev is held out of train: it needs a second conversation
     if cfg.hub5_dir:
-        found += _eval2000_found(replace(cfg, corpus_dir=cfg.hub5_dir))
+        found += _eval2000_found(_hub5_config(cfg))
     return found
+
+
+def _hub5_config(cfg: DataConfig) -> DataConfig:
+    """Switchboard's Hub5'00 folder as the eval2000 corpus it is."""
+    return replace(cfg, corpus="eval2000", corpus_dir=cfg.hub5_dir, hub5_dir="", parts={})
 
 
 def _read_switchboard(cfg: DataConfig, out: Path, parts: list[str], jobs: int) -> dict[str, CutSet]:
@@ -418,8 +423,8 @@ def _part_sources(cfg: DataConfig, wanted: list[str]) -> list[tuple[DataConfig, 
     if cfg.corpus != "switchboard":
         return [(cfg, wanted)]
     own = [p for p in wanted if not p.startswith("hub5")]
-    hub5 = replace(cfg, corpus="eval2000", corpus_dir=cfg.hub5_dir, hub5_dir="", parts={}) if cfg.hub5_dir else None
-    return [(cfg, own)] * bool(own) + [(hub5, [p for p in wanted if p not in own])] * (len(own) < len(wanted))
+    hub5 = [p for p in wanted if p not in own]
+    return [(cfg, own)] * bool(own) + ([(_hub5_config(cfg), hub5)] if hub5 else [])
 
 
 def _prepared_dir(cfg: DataConfig) -> Path:

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
-_SPACES = re.compile(r"\s+")
 # Non-speech markers that corpora write inside transcripts: <unk>, [laughter], {breath}, (()) ...
 # A tag's quoted attributes may hold '>' (Hub5'00: <contraction e_form="[we=>we]['re=>are]">).
 _MARKERS = re.compile(r'<[^<>"]*(?:"[^"]*"[^<>"]*)*>|\[[^\]]*\]|\{[^}]*\}|\(\(\s*\)\)')
