@@ -25,6 +25,7 @@ def test_prepare_a_named_corpus_prints_its_splits_and_writes_clean_manifests(lib
     assert sorted(rows) == ["dev-clean", "test-clean", "train"] and rows["train"][1] == "3"
     assert rows["test-clean"][-1] == "librispeech"
     assert f"data.corpus_dir={librispeech_dir}" in printed and "data.parts.train=[train-clean-100]" in printed
+    assert next((cache / "prepared").glob("librispeech-*/cuts_train-clean-100.jsonl.gz"))  # the override was read
     written = CutSet.from_file(out / "cuts_dev-clean.jsonl.gz")
     assert len(written) == 3 and all(c.supervisions[0].text == c.supervisions[0].text.lower() for c in written)
 

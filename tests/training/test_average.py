@@ -189,3 +189,20 @@ def test_best_ranks_by_the_split_the_run_validated_on(tmp_path, capsys):
     (run_dir / "config.yaml").write_text("train:\n  valid_split: dev-other\n")
     assert main(["average", str(run_dir), "--best", "2"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].endswith("averaged-best2-dev-other.pt")
+
+
+def test_an_averaged_checkpoint_renamed_into_a_run_is_refused_on_resume(smoke_config, tmp_path):
+    """An averaged file holds no training state: resuming from it must say so, not fail deep inside the resume."""
+    from dmao.training.loop import Trainer, TrainingError, run_training
+
+    cfg = smoke_config("train.steps=6", "train.eval_splits=[]", "dmao.enabled=false")
+    run_training(cfg)
+    checkpoints = Path(cfg.out_dir) / "checkpoints"
+    averaged, _ = average_run(cfg.out_dir, AverageConfig(last=1))
+    for path in ckpt.list_checkpoints(checkpoints):
+        path.unlink()
+    averaged.rename(checkpoints / "ckpt-00000006.pt")
+    trainer = Trainer(smoke_config("train.steps=6", "train.eval_splits=[]", "dmao.enabled=false", "resume=true"))
+    with pytest.raises(TrainingError, match="ckpt-00000006.pt is an averaged inference checkpoint"):
+        trainer.setup()
+    trainer.cleanup()
